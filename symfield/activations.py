@@ -1,0 +1,170 @@
+"""Activation families and their Gaussian expectations.
+
+A family is one SymPy expression ``phi(x; params)``; special cases are
+parameter values (ReLU, |x| and the identity are leaky ReLU with slope 0, -1
+and 1). For each family symfield tries to derive the pair expectation
+``G(K_aa, K_bb, K_ab) = E[phi(u_a) phi(u_b)]`` in closed form by Price's
+theorem (:mod:`symfield.gaussian`); a family the identity table cannot close is
+evaluated by Gauss-Hermite quadrature in the generated code.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import sympy as sp
+from sympy.parsing.sympy_parser import (
+    implicit_multiplication_application,
+    parse_expr,
+    standard_transformations,
+)
+
+from .gaussian import KAA, KAB, KBB, Q, X, NoClosedForm, derivative, expect_pair
+from .spec import SpecError
+
+ALPHA = sp.Symbol("alpha", real=True)
+
+
+@dataclass(frozen=True)
+class Family:
+    """An activation family: phi(x; params), with a module name for generated code."""
+
+    name: str
+    phi: sp.Expr
+    params: tuple[sp.Symbol, ...] = ()
+    description: str = ""
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.params)
+
+
+FAMILIES: dict[str, Family] = {
+    "erf": Family("erf", sp.erf(X), description="error function erf(x)"),
+    "leaky_relu": Family(
+        "leaky_relu", X * (ALPHA + (1 - ALPHA) * sp.Heaviside(X)), (ALPHA,),
+        "leaky ReLU max(x,0) + alpha min(x,0); ReLU alpha=0, |x| alpha=-1, identity alpha=1"),
+    "tanh": Family("tanh", sp.tanh(X), description="hyperbolic tangent"),
+    "gelu": Family("gelu", X * (1 + sp.erf(X / sp.sqrt(2))) / 2,
+                   description="GELU x Phi(x) (exact, erf form)"),
+    "silu": Family("silu", X / (1 + sp.exp(-X)), description="SiLU / swish x sigmoid(x)"),
+}
+
+#: Named members of a family: name -> (family, parameter values).
+ALIASES: dict[str, tuple[str, dict[str, float]]] = {
+    "relu": ("leaky_relu", {"alpha": 0.0}),
+    "abs": ("leaky_relu", {"alpha": -1.0}),
+    "linear": ("leaky_relu", {"alpha": 1.0}),
+}
+
+#: Activations whose code ships pre-generated in ``generated/``.
+BUILTIN = tuple(FAMILIES)
+
+
+@dataclass(frozen=True)
+class Activation:
+    """A resolved activation: a family plus values for its parameters."""
+
+    family: Family
+    values: tuple[tuple[str, float], ...] = ()
+    label: str = ""
+
+    @property
+    def param_values(self) -> dict[str, float]:
+        return dict(self.values)
+
+
+def known_names() -> list[str]:
+    return sorted(set(FAMILIES) | set(ALIASES)) + ["leaky_relu:ALPHA", "expr:<sympy in x>"]
+
+
+def resolve(text: str) -> Activation:
+    """Parse an activation name: ``erf``, ``relu``, ``leaky_relu:0.1``, ``expr:x*tanh(x)``."""
+    name = str(text).strip()
+    allowed = "one of " + ", ".join(known_names())
+    if name in ALIASES:
+        family, values = ALIASES[name]
+        return Activation(FAMILIES[family], tuple(sorted(values.items())), name)
+    if name in FAMILIES:
+        family = FAMILIES[name]
+        if family.params:
+            raise SpecError("activation", text, f"{name} needs its parameter, e.g. {name}:0.1")
+        return Activation(family, (), name)
+    if name.startswith("leaky_relu:"):
+        try:
+            alpha = float(name.split(":", 1)[1])
+        except ValueError:
+            raise SpecError("activation", text, "leaky_relu:ALPHA needs a number ALPHA") from None
+        if not -1e300 < alpha < 1e300:
+            raise SpecError("activation", text, "leaky_relu slope must be finite")
+        return Activation(FAMILIES["leaky_relu"], (("alpha", alpha),), name)
+    if name.startswith("expr:"):
+        return Activation(user_family(name[5:]), (), name)
+    raise SpecError("activation", text, allowed)
+
+
+@functools.lru_cache(maxsize=64)
+def user_family(source: str) -> Family:
+    """A user's SymPy expression in ``x`` as an activation family (quadrature)."""
+    transformations = standard_transformations + (implicit_multiplication_application,)
+    try:
+        expr = parse_expr(source, local_dict={"x": X}, transformations=transformations)
+    except Exception as error:  # noqa: BLE001 - parse errors come in many types
+        raise SpecError("activation", f"expr:{source}",
+                        f"must be a SymPy expression in x ({error.__class__.__name__})") from None
+    if not isinstance(expr, sp.Expr) or expr.free_symbols - {X}:
+        raise SpecError("activation", f"expr:{source}",
+                        "must be a real expression whose only free symbol is x")
+    digest = sp.srepr(expr).encode()
+    import hashlib
+
+    tag = hashlib.sha256(digest).hexdigest()[:10]
+    return Family(f"user_{tag}", expr, description=f"user expression {sp.sstr(expr)}")
+
+
+@dataclass(frozen=True)
+class Expectations:
+    """Gaussian expectations of one family, derived once.
+
+    ``kind`` is ``"exact"`` (closed forms below) or ``"quadrature"`` (only
+    ``phi`` and its derivatives, for Gauss-Hermite code).
+    """
+
+    family: Family
+    kind: str
+    pair: sp.Expr | None = None          # G(K_aa, K_bb, K_ab)
+    diag: sp.Expr | None = None          # G(q, q, q) = E[phi(u)^2], u ~ N(0, q)
+    phi_derivatives: tuple[sp.Expr, ...] = ()  # phi, phi', phi''
+
+    def pair_partials(self) -> dict[str, sp.Expr]:
+        """dG/dK_ab, dG/dK_aa, dG/dK_bb, simplified."""
+        assert self.pair is not None
+        return {name: simplify(sp.diff(self.pair, var))
+                for name, var in (("G_k", KAB), ("G_qa", KAA), ("G_qb", KBB))}
+
+    def diag_derivative(self) -> sp.Expr:
+        assert self.diag is not None
+        return simplify(sp.diff(self.diag, Q))
+
+
+def simplify(expr: sp.Expr) -> sp.Expr:
+    """Simplify and factor polynomial arguments of roots (so per-input factors separate)."""
+    expr = sp.simplify(expr)
+    return expr.replace(
+        lambda e: e.is_Pow and e.exp.is_Rational and e.exp.q == 2 and e.base.is_polynomial(),
+        lambda e: sp.Pow(sp.factor(e.base), e.exp))
+
+
+@functools.lru_cache(maxsize=64)
+def derive(family: Family) -> Expectations:
+    """Derive the Gaussian expectations of ``family`` (closed form if the table allows)."""
+    phis = (family.phi, derivative(family.phi), derivative(derivative(family.phi)))
+    try:
+        pair = simplify(expect_pair(family.phi, family.phi))
+    except NoClosedForm:
+        return Expectations(family, "quadrature", phi_derivatives=phis)
+    diag = simplify(pair.subs({KAB: Q, KAA: Q, KBB: Q}))
+    if not diag.is_finite and diag.has(sp.nan, sp.zoo):
+        raise NoClosedForm(f"diagonal of {family.name} is singular")
+    return Expectations(family, "exact", pair=pair, diag=diag, phi_derivatives=phis)
