@@ -20,7 +20,7 @@ from sympy.parsing.sympy_parser import (
     standard_transformations,
 )
 
-from .gaussian import KAA, KAB, KBB, Q, X, NoClosedForm, derivative, expect_pair
+from .gaussian import KAA, KAB, KBB, NoClosedForm, Q, X, derivative, expect_pair
 from .spec import SpecError
 
 ALPHA = sp.Symbol("alpha", real=True)
@@ -149,11 +149,23 @@ class Expectations:
 
 
 def simplify(expr: sp.Expr) -> sp.Expr:
-    """Simplify and factor polynomial arguments of roots (so per-input factors separate)."""
+    """Simplify, then factor polynomial arguments of roots (so per-input factors
+    separate) and collect on the transcendental parts (readable, cheap to evaluate)."""
     expr = sp.simplify(expr)
-    return expr.replace(
+    expr = expr.replace(
         lambda e: e.is_Pow and e.exp.is_Rational and e.exp.q == 2 and e.base.is_polynomial(),
         lambda e: sp.Pow(sp.factor(e.base), e.exp))
+    return tidy(expr)
+
+
+def tidy(expr: sp.Expr) -> sp.Expr:
+    """Collect a sum on its function and root atoms, with factored coefficients."""
+    atoms = sorted(expr.atoms(sp.Function) | {p for p in expr.atoms(sp.Pow)
+                                               if p.exp.is_Rational and p.exp.q == 2},
+                   key=sp.default_sort_key)
+    if not atoms or not sp.expand(expr).is_Add:
+        return expr
+    return sp.collect(sp.expand(expr), atoms, func=sp.factor)
 
 
 @functools.lru_cache(maxsize=64)

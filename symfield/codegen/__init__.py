@@ -1,0 +1,1 @@
+"""Printers and templates: turn derived expressions into code and LaTeX."""

@@ -1,0 +1,1 @@
+"""Independent checks of symfield's derivations (Monte Carlo, mpmath references)."""
