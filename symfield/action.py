@@ -175,7 +175,7 @@ class Action:
         solution: dict[sp.Symbol, sp.Expr] = {}
         # dS/dCt^(l)_ab involves C^(l)_ab and fields of earlier layers only (causality),
         # so the equations are solved in layer order.
-        for field, eq in zip(self.field_symbols("C"), self.saddle_equations()):
+        for field, eq in zip(self.field_symbols("C"), self.saddle_equations(), strict=True):
             (value,) = sp.solve(eq.subs(solution), field)
             solution[field] = value
         return solution

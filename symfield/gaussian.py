@@ -65,7 +65,8 @@ def _exp_rate(factor: sp.Expr) -> sp.Expr | None:
     if isinstance(factor, sp.exp):
         arg = sp.expand(factor.args[0])
         poly = sp.Poly(arg, X) if arg.is_polynomial(X) else None
-        if poly is not None and poly.degree() == 2 and arg.coeff(X, 1) == 0 and arg.coeff(X, 0) == 0:
+        if (poly is not None and poly.degree() == 2 and arg.coeff(X, 1) == 0
+                and arg.coeff(X, 0) == 0):
             return -2 * arg.coeff(X, 2)
     return None
 

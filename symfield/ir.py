@@ -107,7 +107,7 @@ def _gauss_hermite_error(funcs: list, nodes: int, q: float, references: list[flo
     z, w = np.polynomial.hermite_e.hermegauss(nodes)
     w = w / np.sqrt(2 * np.pi)
     worst = 0.0
-    for func, ref in zip(funcs, references):
+    for func, ref in zip(funcs, references, strict=True):
         value = float(np.sum(w * func(np.sqrt(q) * z)))
         worst = max(worst, abs(value - ref) / max(abs(ref), 1e-300))
     return worst
@@ -129,7 +129,10 @@ def plan_quadrature(family: Family, expectations: Expectations) -> QuadraturePla
             refs = []
             for f in integrands:
                 g = sp.lambdify(X, f, modules="mpmath")
-                density = lambda z: mpmath.npdf(z) * g(mpmath.sqrt(q) * z)  # noqa: E731
+
+                def density(z, g=g, q=q):
+                    return mpmath.npdf(z) * g(mpmath.sqrt(q) * z)
+
                 refs.append(float(mpmath.quad(density, [-mpmath.inf, -5, 0, 5, mpmath.inf])))
             references[q] = refs
     errors = {}

@@ -65,7 +65,7 @@ def print_block(exprs: dict[str, sp.Expr], printer: NumpyExpressionPrinter,
     for symbol, expr in replacements:
         printer.names[symbol] = str(symbol)
         lines.append((str(symbol), printer.doprint(expr)))
-    for name, expr in zip(names, reduced):
+    for name, expr in zip(names, reduced, strict=True):
         lines.append((name, printer.doprint(expr)))
     return Statements(lines, names)
 
