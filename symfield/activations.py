@@ -76,13 +76,14 @@ class Activation:
 
 
 def known_names() -> list[str]:
-    return sorted(set(FAMILIES) | set(ALIASES)) + ["leaky_relu:ALPHA", "expr:<sympy in x>"]
+    plain = {name for name, family in FAMILIES.items() if not family.params} | set(ALIASES)
+    return sorted(plain) + ["leaky_relu:ALPHA", "expr:<SymPy expression in x>"]
 
 
 def resolve(text: str) -> Activation:
     """Parse an activation name: ``erf``, ``relu``, ``leaky_relu:0.1``, ``expr:x*tanh(x)``."""
     name = str(text).strip()
-    allowed = "one of " + ", ".join(known_names())
+    allowed = "must be one of " + ", ".join(known_names())
     if name in ALIASES:
         family, values = ALIASES[name]
         return Activation(FAMILIES[family], tuple(sorted(values.items())), name)

@@ -56,6 +56,10 @@ def moment_symbols(expr: sp.Expr) -> sp.Expr:
     return expr.subs({G(*pair_args): MOMENTS["G"], G_D(Q): MOMENTS["G_d"]})
 
 
+class GenerationError(Exception):
+    """A derived expression cannot become code (free symbol, unmapped function...)."""
+
+
 @dataclass(frozen=True)
 class QuadraturePlan:
     """Gauss-Hermite plan: phi and its derivatives, node count, measured accuracy."""
@@ -103,37 +107,48 @@ def layer_expressions(layer: LayerMap, response: ResponseMap) -> dict[str, sp.Ex
     return {name: moment_symbols(expr) for name, expr in named.items()}
 
 
-def _gauss_hermite_error(funcs: list, nodes: int, q: float, references: list[float]) -> float:
+def _gauss_hermite_error(funcs: list, nodes: int, q: float,
+                         references: list[tuple[float, float]]) -> float:
+    """Worst error of the n-node rule at variance q, relative to E|integrand|."""
     z, w = np.polynomial.hermite_e.hermegauss(nodes)
     w = w / np.sqrt(2 * np.pi)
     worst = 0.0
-    for func, ref in zip(funcs, references, strict=True):
-        value = float(np.sum(w * func(np.sqrt(q) * z)))
-        worst = max(worst, abs(value - ref) / max(abs(ref), 1e-300))
+    for func, (ref, scale) in zip(funcs, references, strict=True):
+        value = float(np.sum(w * np.broadcast_to(func(np.sqrt(q) * z), z.shape)))
+        worst = max(worst, abs(value - ref) / scale)
     return worst
 
 
 def plan_quadrature(family: Family, expectations: Expectations) -> QuadraturePlan:
     """Choose the Gauss-Hermite node count that meets QUADRATURE_TARGET on the probe grid.
 
-    The integrands are the ones the diagonal block uses (phi^2, phi'^2 + phi phi''),
-    referenced by mpmath quadrature at 25 digits. The stated accuracy is the worst
-    error measured at the chosen node count (not the target).
+    The integrands are the ones the moment blocks use (phi^2, phi'^2 + phi phi'',
+    phi'^2), referenced by mpmath quadrature at 25 digits; errors are relative to
+    E|integrand| (so a moment that happens to vanish does not inflate them). The
+    stated accuracy is the worst error measured at the chosen node count.
     """
     phi, dphi, d2phi = expectations.phi_derivatives
     integrands = [phi**2, dphi**2 + phi * d2phi, dphi**2]
     numeric = [sp.lambdify(X, f, modules=["numpy", "scipy"]) for f in integrands]
-    references: dict[float, list[float]] = {}
+    references: dict[float, list[tuple[float, float]]] = {}
     with mpmath.workdps(25):
         for q in QUADRATURE_Q_GRID:
             refs = []
             for f in integrands:
                 g = sp.lambdify(X, f, modules="mpmath")
 
-                def density(z, g=g, q=q):
-                    return mpmath.npdf(z) * g(mpmath.sqrt(q) * z)
+                def density(z, g=g, q=q, absolute=False):
+                    value = mpmath.npdf(z) * g(mpmath.sqrt(q) * z)
+                    return abs(value) if absolute else value
 
-                refs.append(float(mpmath.quad(density, [-mpmath.inf, -5, 0, 5, mpmath.inf])))
+                cuts = [-mpmath.inf, -5, 0, 5, mpmath.inf]
+                ref = mpmath.quad(density, cuts)
+                scale = mpmath.quad(lambda z, d=density: d(z, absolute=True), cuts)
+                if not isinstance(ref, mpmath.mpf) or not mpmath.isfinite(ref):
+                    raise GenerationError(
+                        f"{family.description}: its Gaussian moments are not "
+                        "finite real numbers (is phi real and finite on the real line?)")
+                refs.append((float(ref), max(float(scale), 1e-300)))
             references[q] = refs
     errors = {}
     for nodes in QUADRATURE_NODE_CHOICES:
@@ -143,8 +158,7 @@ def plan_quadrature(family: Family, expectations: Expectations) -> QuadraturePla
             break
     met = [n for n in errors if errors[n] <= QUADRATURE_TARGET]
     chosen = min(met) if met else min(errors, key=errors.__getitem__)
-    measured = errors[chosen]
-    stated = float(10.0 ** np.ceil(np.log10(max(measured, 1e-16))))
+    stated = float(10.0 ** np.ceil(np.log10(max(errors[chosen], 1e-16))))
     return QuadraturePlan(phi, dphi, d2phi, chosen, stated, max(QUADRATURE_Q_GRID))
 
 
@@ -170,10 +184,6 @@ def kernel_routine(family: Family) -> KernelRoutine:
         expectations=expectations)
     check_free_symbols(routine)
     return routine
-
-
-class GenerationError(Exception):
-    """A derived expression cannot become code (free symbol, unmapped function...)."""
 
 
 def check_free_symbols(routine: KernelRoutine) -> None:

@@ -138,7 +138,7 @@ class NetworkSpec:
         object.__setattr__(self, "depth", check_depth("depth", self.depth))
         if self.net == "resnet":
             if self.rho is None:
-                raise SpecError("rho", None, "a ResNet needs the residual scaling rho >= 0")
+                raise SpecError("rho", None, "a ResNet needs the residual scaling: pass rho >= 0")
             object.__setattr__(self, "rho", check_real("rho", self.rho, minimum=0.0,
                                                        what="the residual scaling"))
         elif self.rho is not None:

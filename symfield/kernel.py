@@ -1,0 +1,99 @@
+"""Leading-order results for one network: load the generated module and run it.
+
+Built-in families are imported from the committed ``generated/`` package; any
+other family (a user's SymPy expression) is generated on demand into a cache
+directory and imported from there by path.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+
+from . import __version__
+from .activations import BUILTIN, Activation, resolve
+from .spec import NetworkSpec, check_kernel
+
+
+class NumericalError(ArithmeticError):
+    """A result that would be NaN or infinite where a finite number is owed."""
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("SYMFIELD_CACHE") or Path.home() / ".cache" / "symfield"
+    return Path(root) / "generated"
+
+
+def load_module(activation: Activation) -> ModuleType:
+    """The generated numpy module for ``activation``'s family."""
+    family = activation.family
+    if family.name in BUILTIN:
+        return importlib.import_module(f"generated.{family.name}")
+    from .pipeline import module_text  # deferred: SymPy derivation only when needed
+
+    # the family name is a hash of the expression; the version keys the code generator
+    path = cache_dir() / f"{family.name}_v{__version__.replace('.', '_')}.py"
+    if not path.exists():
+        text = module_text(family)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    spec = importlib.util.spec_from_file_location(f"symfield_user_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def moments_label(module: ModuleType) -> str:
+    """'exact' or a description of the quadrature rule and its stated accuracy."""
+    if module.KIND == "exact":
+        return "exact"
+    return (f"quadrature (Gauss-Hermite, {module.QUADRATURE_NODES} nodes per dimension, "
+            f"stated relative accuracy {module.STATED_ACCURACY:g} for variances "
+            f"<= {module.QUADRATURE_Q_MAX:g})")
+
+
+def compute(spec: NetworkSpec, K0: np.ndarray, *, tensor: bool = False,
+            layers: bool = False) -> dict:
+    """K^(L), K_out, chi, chi_out (and optionally the tensor and per-layer values).
+
+    The result also carries ``moments`` (exact/quadrature label) and
+    ``warnings`` (e.g. a response too large for float64, reported in log form).
+    """
+    activation = resolve(spec.activation)
+    K0 = check_kernel("K0", K0)
+    module = load_module(activation)
+    kwargs = dict(sw2=spec.sw2, sb2=spec.sb2, depth=spec.depth, sw2_out=spec.sw2_out,
+                  sb2_out=spec.sb2_out, tensor=tensor, layers=layers,
+                  **activation.param_values)
+    if spec.net == "resnet":
+        kwargs["rho"] = spec.rho
+    with np.errstate(over="ignore", invalid="ignore"):
+        result = module.NETS[spec.net](K0, **kwargs)
+    warnings = []
+    for key in ("K", "K_out"):
+        if not np.all(np.isfinite(result[key])):
+            raise NumericalError(
+                f"{key} is not finite: the kernel diverges for this network "
+                f"(net={spec.net}, activation={spec.activation}, sw2={spec.sw2}, "
+                f"depth={spec.depth}); use a smaller depth or weight variance")
+    for key in ("chi", "chi_out"):
+        if not np.all(np.isfinite(result[key])):
+            warnings.append(f"{key} overflows float64; see log_abs_{key} and {key}_sign")
+    if module.KIND == "quadrature":
+        q_max = float(np.max(np.diagonal(result.get("K_layers", result["K"]), axis1=-2,
+                                         axis2=-1)))
+        q_max = max(q_max, float(np.max(np.diag(K0))))
+        if q_max > module.QUADRATURE_Q_MAX:
+            warnings.append(f"variances reach {q_max:.3g} > {module.QUADRATURE_Q_MAX:g}, "
+                            "beyond the range where the quadrature accuracy was measured")
+    result["moments"] = moments_label(module)
+    result["warnings"] = warnings
+    return result
