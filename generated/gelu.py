@@ -133,14 +133,17 @@ def pair_expectations(qa, qb, k):
     counts = numpy.concatenate([numpy.ones(n, dtype=int), numpy.zeros(n, dtype=int)])
     tri = (numpy.arange(n), n + numpy.arange(n), counts)
     values = _pair_full(q, k.reshape(-1), tri)
-    return {name: v.reshape(qa.shape) for name, v in zip(("G", "G_k", "G_qa", "G_qb"), values)}
+    return {name: numpy.broadcast_to(v, k.shape).reshape(qa.shape).copy()
+            for name, v in zip(("G", "G_k", "G_qa", "G_qb"), values)}
 
 
 def diag_expectations(q):
     """G_d = E[phi(u)^2], u ~ N(0, q), and dG_d/dq, elementwise."""
     q = numpy.asarray(q, dtype=float)
     G_d, G_d_q = _diag_grad(q.reshape(-1))
-    return {"G_d": G_d.reshape(q.shape), "G_d_q": G_d_q.reshape(q.shape)}
+    flat = q.reshape(-1)
+    return {"G_d": numpy.broadcast_to(G_d, flat.shape).reshape(q.shape).copy(),
+            "G_d_q": numpy.broadcast_to(G_d_q, flat.shape).reshape(q.shape).copy()}
 
 
 
@@ -288,7 +291,9 @@ def _tensor(chi_d, chi_p, X_a, X_b, iu, ju):
 
 
 def _log_abs_1p(x):
-    """log|1 + x|: log1p where it is accurate (small x), finite-or--inf elsewhere."""
+    """log|1 + x|: log1p (accurate for small x) unless some x <= -1."""
+    if numpy.min(x) > -1.0:
+        return numpy.log1p(x)
     with numpy.errstate(divide="ignore", invalid="ignore"):
         return numpy.where(x > -1.0, numpy.log1p(numpy.maximum(x, -1.0)),
                            numpy.log(numpy.abs(1.0 + x)))
@@ -321,13 +326,16 @@ def _run(chunk, K0, depth, named, responses, tensor, layers):
     K0b = numpy.broadcast_to(K0, (B, P, P))
     q0 = numpy.ascontiguousarray(K0b[:, numpy.arange(P), numpy.arange(P)])
     k0 = numpy.ascontiguousarray(K0b[:, iu, ju])
-    par = {n: numpy.broadcast_to(v, (B,)).reshape(B, 1) for n, v in named.items()}
+    if batch:
+        par = {n: numpy.broadcast_to(v, (B,)).reshape(B, 1) for n, v in named.items()}
+    else:  # plain floats: cheaper to broadcast than (1, 1) arrays in every layer
+        par = {n: float(v) for n, v in named.items()}
     step = max(1, _BLOCK // max(1, P + len(iu)))
     chunks = []
     for start in range(0, B, step):
         sl = slice(start, start + step)
-        chunks.append(chunk(q0[sl], k0[sl], tri, depth, {n: v[sl] for n, v in par.items()},
-                            responses, tensor, layers))
+        part = {n: (v[sl] if batch else v) for n, v in par.items()}
+        chunks.append(chunk(q0[sl], k0[sl], tri, depth, part, responses, tensor, layers))
 
     def cat(key):
         return numpy.concatenate([c[key] for c in chunks], axis=0)

@@ -62,20 +62,19 @@ def _pair_value(q, k, tri, alpha):
     iu, ju, counts = tri
     Delta = _gram_det(numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1), k)
     t0 = numpy.sqrt(Delta)
-    t1 = 2*(alpha - 1)**2/numpy.pi
-    G = (1/4)*k*t1*numpy.arctan2(k, t0) + (1/4)*k*(alpha + 1)**2 + (1/4)*t0*t1
+    t1 = (1/2)*(alpha - 1)**2/numpy.pi
+    G = k*alpha + k*t1*numpy.arctan2(t0, -k) + t0*t1
     return G
 
 
 def _pair_grad(q, k, tri, alpha):
     iu, ju, counts = tri
     Delta = _gram_det(numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1), k)
-    t0 = (alpha + 1)**2
-    t1 = numpy.sqrt(Delta)
-    t2 = 2*(alpha - 1)**2/numpy.pi
-    t3 = t2*numpy.arctan2(k, t1)
-    G = (1/4)*k*t0 + (1/4)*k*t3 + (1/4)*t1*t2
-    G_k = (1/4)*t0 + (1/4)*t3
+    t0 = numpy.sqrt(Delta)
+    t1 = (1/2)*(alpha - 1)**2/numpy.pi
+    t2 = t1*numpy.arctan2(t0, -k)
+    G = k*alpha + k*t2 + t0*t1
+    G_k = alpha + t2
     return G, G_k
 
 
@@ -85,17 +84,16 @@ def _pair_full(q, k, tri, alpha):
     u0_a = numpy.repeat(u0, counts, axis=-1)
     u0_b = numpy.take(u0, ju, axis=-1)
     Delta = _gram_det(numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1), k)
-    t0 = (alpha + 1)**2
-    t1 = numpy.sqrt(Delta)
-    t2 = 1/numpy.pi
-    t3 = (alpha - 1)**2
-    t4 = 2*t2*t3
-    t5 = t4*numpy.arctan2(k, t1)
-    t6 = (1/4)*t1*t2*t3
-    G = (1/4)*k*t0 + (1/4)*k*t5 + (1/4)*t1*t4
-    G_k = (1/4)*t0 + (1/4)*t5
-    G_qa = t6*u0_a
-    G_qb = t6*u0_b
+    t0 = numpy.sqrt(Delta)
+    t1 = 1/numpy.pi
+    t2 = (alpha - 1)**2
+    t3 = (1/2)*t1*t2
+    t4 = t3*numpy.arctan2(t0, -k)
+    t5 = (1/4)*t0*t1*t2
+    G = k*alpha + k*t4 + t0*t3
+    G_k = alpha + t4
+    G_qa = t5*u0_a
+    G_qb = t5*u0_b
     return G, G_k, G_qa, G_qb
 
 
@@ -108,14 +106,17 @@ def pair_expectations(qa, qb, k, alpha):
     counts = numpy.concatenate([numpy.ones(n, dtype=int), numpy.zeros(n, dtype=int)])
     tri = (numpy.arange(n), n + numpy.arange(n), counts)
     values = _pair_full(q, k.reshape(-1), tri, alpha)
-    return {name: v.reshape(qa.shape) for name, v in zip(("G", "G_k", "G_qa", "G_qb"), values)}
+    return {name: numpy.broadcast_to(v, k.shape).reshape(qa.shape).copy()
+            for name, v in zip(("G", "G_k", "G_qa", "G_qb"), values)}
 
 
 def diag_expectations(q, alpha):
     """G_d = E[phi(u)^2], u ~ N(0, q), and dG_d/dq, elementwise."""
     q = numpy.asarray(q, dtype=float)
     G_d, G_d_q = _diag_grad(q.reshape(-1), alpha)
-    return {"G_d": G_d.reshape(q.shape), "G_d_q": G_d_q.reshape(q.shape)}
+    flat = q.reshape(-1)
+    return {"G_d": numpy.broadcast_to(G_d, flat.shape).reshape(q.shape).copy(),
+            "G_d_q": numpy.broadcast_to(G_d_q, flat.shape).reshape(q.shape).copy()}
 
 
 
@@ -126,8 +127,7 @@ def _chunk_ffnet(q, k, tri, depth, par, responses, tensor, layers):
     sb2 = par["sb2"]
     alpha = par["alpha"]
     c0 = (1/2)*sw2*(alpha**2 + 1)
-    c1 = (1/4)*(alpha + 1)**2
-    c2 = (1/2)*(alpha - 1)**2/numpy.pi
+    c1 = (1/2)*(alpha - 1)**2/numpy.pi
     log_d = numpy.zeros_like(q)
     sign_d = numpy.ones_like(q)
     log_p = numpy.zeros_like(k)
@@ -141,7 +141,7 @@ def _chunk_ffnet(q, k, tri, depth, par, responses, tensor, layers):
             q_new = c0*q + sb2
             Delta = _gram_det(numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1), k)
             p0 = numpy.sqrt(Delta)
-            k_new = sb2 + sw2*(k*c1 + k*c2*numpy.arctan2(k, p0) + c2*p0)
+            k_new = sb2 + sw2*(k*alpha + k*c1*numpy.arctan2(p0, -k) + c1*p0)
         else:
             G_d, G_d_q = _diag_grad(q, alpha)
             if tensor:
@@ -177,8 +177,7 @@ def _chunk_resnet(q, k, tri, depth, par, responses, tensor, layers):
     c0 = rho**2*sb2
     c1 = rho**2*sw2
     c2 = (1/2)*rho**2*sw2*(alpha**2 + 1)
-    c3 = (1/4)*(alpha + 1)**2
-    c4 = (1/2)*(alpha - 1)**2/numpy.pi
+    c3 = (1/2)*(alpha - 1)**2/numpy.pi
     log_d = numpy.zeros_like(q)
     sign_d = numpy.ones_like(q)
     log_p = numpy.zeros_like(k)
@@ -192,7 +191,7 @@ def _chunk_resnet(q, k, tri, depth, par, responses, tensor, layers):
             q_new = c0 + c2*q + q
             Delta = _gram_det(numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1), k)
             p0 = numpy.sqrt(Delta)
-            k_new = k + c0 + c1*(k*c3 + k*c4*numpy.arctan2(k, p0) + c4*p0)
+            k_new = k + c0 + c1*(k*alpha + k*c3*numpy.arctan2(p0, -k) + c3*p0)
         else:
             G_d, G_d_q = _diag_grad(q, alpha)
             if tensor:
@@ -273,7 +272,9 @@ def _tensor(chi_d, chi_p, X_a, X_b, iu, ju):
 
 
 def _log_abs_1p(x):
-    """log|1 + x|: log1p where it is accurate (small x), finite-or--inf elsewhere."""
+    """log|1 + x|: log1p (accurate for small x) unless some x <= -1."""
+    if numpy.min(x) > -1.0:
+        return numpy.log1p(x)
     with numpy.errstate(divide="ignore", invalid="ignore"):
         return numpy.where(x > -1.0, numpy.log1p(numpy.maximum(x, -1.0)),
                            numpy.log(numpy.abs(1.0 + x)))
@@ -306,13 +307,16 @@ def _run(chunk, K0, depth, named, responses, tensor, layers):
     K0b = numpy.broadcast_to(K0, (B, P, P))
     q0 = numpy.ascontiguousarray(K0b[:, numpy.arange(P), numpy.arange(P)])
     k0 = numpy.ascontiguousarray(K0b[:, iu, ju])
-    par = {n: numpy.broadcast_to(v, (B,)).reshape(B, 1) for n, v in named.items()}
+    if batch:
+        par = {n: numpy.broadcast_to(v, (B,)).reshape(B, 1) for n, v in named.items()}
+    else:  # plain floats: cheaper to broadcast than (1, 1) arrays in every layer
+        par = {n: float(v) for n, v in named.items()}
     step = max(1, _BLOCK // max(1, P + len(iu)))
     chunks = []
     for start in range(0, B, step):
         sl = slice(start, start + step)
-        chunks.append(chunk(q0[sl], k0[sl], tri, depth, {n: v[sl] for n, v in par.items()},
-                            responses, tensor, layers))
+        part = {n: (v[sl] if batch else v) for n, v in par.items()}
+        chunks.append(chunk(q0[sl], k0[sl], tri, depth, part, responses, tensor, layers))
 
     def cat(key):
         return numpy.concatenate([c[key] for c in chunks], axis=0)

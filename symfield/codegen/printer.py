@@ -106,7 +106,27 @@ def hoist_per_input(exprs: dict[str, sp.Expr], params: tuple[sp.Symbol, ...]) ->
         return bool(expr.atoms(sp.Function)) or any(
             not p.exp.is_Integer or p.exp < 0 for p in expr.atoms(sp.Pow))
 
+    def fold_coefficient(expr: sp.Mul) -> sp.Expr:
+        # 2 k f(K_aa) f(K_bb) -> k (sqrt(2) f)(K_aa) (sqrt(2) f)(K_bb): one pass fewer per pair
+        coeff, rest = expr.as_coeff_Mul()
+        if not (coeff.is_positive and coeff != 1):
+            return expr
+        factors = list(sp.Mul.make_args(rest))
+        for i, fa in enumerate(factors):
+            if fa.free_symbols <= {KAA} | params_set and KAA in fa.free_symbols and costly(fa):
+                twin = fa.subs(KAA, KBB)
+                if twin in factors:
+                    j = factors.index(twin)
+                    root = sp.sqrt(coeff)
+                    # hoist right away: as symbols, SymPy cannot merge the roots back
+                    factors[i] = per_input_symbol(root * fa, KAA)
+                    factors[j] = per_input_symbol(root * twin, KBB)
+                    return sp.Mul(*[visit(f) for f in factors])
+        return expr
+
     def visit(expr: sp.Expr) -> sp.Expr:
+        if expr.is_Mul:
+            expr = fold_coefficient(expr)
         for var in (KAA, KBB):
             free = expr.free_symbols
             if var in free and free <= {var} | params_set and costly(expr):
