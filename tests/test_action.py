@@ -3,7 +3,16 @@
 import sympy as sp
 
 from symfield.action import (
-    BETA, FFNET, GAMMA, RESNET, RHO, SB2, SW2, Action, G, G_D,
+    BETA,
+    FFNET,
+    G_D,
+    GAMMA,
+    RESNET,
+    RHO,
+    SB2,
+    SW2,
+    Action,
+    G,
 )
 from symfield.gaussian import KAA, KAB, KBB, Q
 from symfield.saddle import derive_layer_map

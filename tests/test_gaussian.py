@@ -6,7 +6,15 @@ import sympy as sp
 
 from symfield.activations import ALPHA, FAMILIES, derive, resolve
 from symfield.gaussian import (
-    KAA, KAB, KBB, Q, X, NoClosedForm, expect_1d, expect_pair, integrate_from_zero,
+    KAA,
+    KAB,
+    KBB,
+    NoClosedForm,
+    Q,
+    X,
+    expect_1d,
+    expect_pair,
+    integrate_from_zero,
 )
 from symfield.numerics import DELTA, stable_form
 
