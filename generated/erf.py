@@ -61,6 +61,18 @@ def _diag_grad(q):
     return G_d, G_d_q
 
 
+def _diag_second(q):
+    t0 = 1/numpy.pi
+    t1 = 2*q
+    t2 = t1 + 1
+    t3 = 1/t2
+    t4 = 4*q + 1
+    G_d = 2*t0*numpy.arcsin(t1*t3)
+    G_d_q = 4*t0*t3/numpy.sqrt(t4)
+    G_d_qq = -16*t0*(3*q + 1)/(t2**2*t4**(3/2))
+    return G_d, G_d_q, G_d_qq
+
+
 def _pair_value(q, k, tri):
     iu, ju, counts = tri
     u0 = numpy.sqrt(2)/numpy.sqrt(2*q + 1)
@@ -103,26 +115,56 @@ def _pair_full(q, k, tri):
     return G, G_k, G_qa, G_qb
 
 
+def _pair_second(q, k, tri):
+    iu, ju, counts = tri
+    u0 = numpy.sqrt(2)/numpy.sqrt(2*q + 1)
+    u1 = 1/(2*q + 1)
+    u0_a = numpy.repeat(u0, counts, axis=-1)
+    u0_b = numpy.take(u0, ju, axis=-1)
+    u1_a = numpy.repeat(u1, counts, axis=-1)
+    u1_b = numpy.take(u1, ju, axis=-1)
+    qa = numpy.repeat(q, counts, axis=-1)
+    qb = numpy.take(q, ju, axis=-1)
+    t0 = 1/numpy.pi
+    t1 = 2*qa
+    t2 = 2*qb + 1
+    t3 = 4*qa*qb - 4*k**2 + t1 + t2
+    t4 = 4*t0
+    t5 = t4/numpy.sqrt(t3)
+    t6 = k*t5
+    t7 = t3**(-3/2)
+    t8 = t4*t7
+    G = 2*t0*numpy.arcsin(k*u0_a*u0_b)
+    G_k = t5
+    G_qa = -t6*u1_a
+    G_qb = -t6*u1_b
+    G_kk = 16*k*t0*t7
+    G_kqa = -t2*t8
+    G_kqb = -t8*(t1 + 1)
+    return G, G_k, G_qa, G_qb, G_kk, G_kqa, G_kqb
+
+
 
 def pair_expectations(qa, qb, k):
-    """G = E[phi(u_a) phi(u_b)] and its partials in (K_ab, K_aa, K_bb), elementwise."""
+    """G = E[phi(u_a) phi(u_b)] and its partials in (K_ab, K_aa, K_bb) to second order in
+    K_ab, elementwise: keys (, ', G, ', ,,  , ', G, _, k, ', ,,  , ', G, _, q, a, ', ,,  , ', G, _, q, b, ', ,,  , ', G, _, k, k, ', ,,  , ', G, _, k, q, a, ', ,,  , ', G, _, k, q, b, ', )."""
     qa, qb, k = numpy.broadcast_arrays(*(numpy.asarray(a, dtype=float) for a in (qa, qb, k)))
     n = qa.size
     q = numpy.concatenate([qa.reshape(-1), qb.reshape(-1)])
     counts = numpy.concatenate([numpy.ones(n, dtype=int), numpy.zeros(n, dtype=int)])
     tri = (numpy.arange(n), n + numpy.arange(n), counts)
-    values = _pair_full(q, k.reshape(-1), tri)
+    values = _pair_second(q, k.reshape(-1), tri)
     return {name: numpy.broadcast_to(v, k.shape).reshape(qa.shape).copy()
-            for name, v in zip(("G", "G_k", "G_qa", "G_qb"), values)}
+            for name, v in zip(('G', 'G_k', 'G_qa', 'G_qb', 'G_kk', 'G_kqa', 'G_kqb'), values)}
 
 
 def diag_expectations(q):
-    """G_d = E[phi(u)^2], u ~ N(0, q), and dG_d/dq, elementwise."""
+    """G_d = E[phi(u)^2], u ~ N(0, q), and its first two derivatives in q, elementwise."""
     q = numpy.asarray(q, dtype=float)
-    G_d, G_d_q = _diag_grad(q.reshape(-1))
     flat = q.reshape(-1)
-    return {"G_d": numpy.broadcast_to(G_d, flat.shape).reshape(q.shape).copy(),
-            "G_d_q": numpy.broadcast_to(G_d_q, flat.shape).reshape(q.shape).copy()}
+    values = _diag_second(flat)
+    return {name: numpy.broadcast_to(v, flat.shape).reshape(q.shape).copy()
+            for name, v in zip(('G_d', 'G_d_q', 'G_d_qq'), values)}
 
 
 
@@ -182,7 +224,9 @@ def _chunk_resnet(q, k, tri, depth, par, responses, tensor, layers):
     sb2 = par["sb2"]
     c0 = rho**2*sb2
     c1 = rho**2*sw2
-    c2 = 2*rho**2*sw2/numpy.pi
+    c2 = 2*rho*sb2
+    c3 = 2*rho*sw2
+    c4 = 2*rho**2*sw2/numpy.pi
     log_d = numpy.zeros_like(q)
     sign_d = numpy.ones_like(q)
     log_p = numpy.zeros_like(k)
@@ -196,10 +240,10 @@ def _chunk_resnet(q, k, tri, depth, par, responses, tensor, layers):
             s0 = 2*q
             s1 = s0 + 1
             u0 = numpy.sqrt(2)/numpy.sqrt(s1)
-            q_new = c0 + c2*numpy.arcsin(s0/s1) + q
+            q_new = c0 + c4*numpy.arcsin(s0/s1) + q
             u0_a = numpy.repeat(u0, counts, axis=-1)
             u0_b = numpy.take(u0, ju, axis=-1)
-            k_new = k + c0 + c2*numpy.arcsin(k*u0_a*u0_b)
+            k_new = k + c0 + c4*numpy.arcsin(k*u0_a*u0_b)
         else:
             G_d, G_d_q = _diag_grad(q)
             if tensor:
@@ -254,6 +298,83 @@ def _readout(q, k, tri, par, log_d, sign_d, log_p, sign_p, X, responses, history
     return out
 
 
+def _tangent_resnet(q, k, tri, depth, par):
+    """resnet: forward-mode d/d rho through the layer loop and the readout."""
+    iu, ju, counts = tri
+    sw2_out = par["sw2_out"]
+    rho = par["rho"]
+    sw2 = par["sw2"]
+    sb2 = par["sb2"]
+    c0 = rho**2*sb2
+    c1 = rho**2*sw2
+    c2 = 2*rho*sb2
+    c3 = 2*rho*sw2
+    c4 = 2*rho**2*sw2/numpy.pi
+    dq, dk = numpy.zeros_like(q), numpy.zeros_like(k)
+    log_d, sign_d = numpy.zeros_like(q), numpy.ones_like(q)
+    log_p, sign_p = numpy.zeros_like(k), numpy.ones_like(k)
+    dlog_d, dlog_p = numpy.zeros_like(q), numpy.zeros_like(k)
+    for _ in range(depth):
+        G_d, G_d_q, G_d_qq = _diag_second(q)
+        G, G_k, G_qa, G_qb, G_kk, G_kqa, G_kqb = _pair_second(q, k, tri)
+        dq_a, dq_b = numpy.repeat(dq, counts, axis=-1), numpy.take(dq, ju, axis=-1)
+        J_q = G_d_q*c1 + 1
+        J_k = G_k*c1 + 1
+        log_d = log_d + _log_abs_1p(G_d_q*c1)
+        sign_d = sign_d * numpy.sign(J_q)
+        log_p = log_p + _log_abs_1p(G_k*c1)
+        sign_p = sign_p * numpy.sign(J_k)
+        dlog_d = dlog_d + (G_d_q*c3 + G_d_qq*c1*dq) / J_q
+        dlog_p = dlog_p + (G_k*c3 + G_kk*c1*dk + G_kqa*c1*dq_a + G_kqb*c1*dq_b) / J_k
+        q, k, dq, dk = (G_d*c1 + c0 + q, G*c1 + k + c0,
+                        G_d*c3 + c2 + dq*(G_d_q*c1 + 1),
+                        G*c3 + G_qa*c1*dq_a + G_qb*c1*dq_b + c2 + dk*(G_k*c1 + 1))
+    G_d, G_d_q, G_d_qq = _diag_second(q)
+    G, G_k, G_qa, G_qb, G_kk, G_kqa, G_kqb = _pair_second(q, k, tri)
+    dq_a, dq_b = numpy.repeat(dq, counts, axis=-1), numpy.take(dq, ju, axis=-1)
+    R_q = G_d_q*sw2_out + numpy.zeros_like(q)
+    R_k = G_k*sw2_out + numpy.zeros_like(k)
+    return {
+        "K": (q, k), "dK_drho": (dq, dk),
+        "log_abs_chi": (log_d, log_p), "chi_sign": (sign_d, sign_p),
+        "dlog_chi_drho": (dlog_d, dlog_p),
+        "log_abs_chi_out": (log_d + _log_abs(R_q), log_p + _log_abs(R_k)),
+        "chi_out_sign": (sign_d * numpy.sign(R_q), sign_p * numpy.sign(R_k)),
+        "dlog_chi_out_drho": (dlog_d + (G_d_qq*dq*sw2_out) / R_q,
+                              dlog_p + (G_kk*dk*sw2_out + G_kqa*dq_a*sw2_out + G_kqb*dq_b*sw2_out) / R_k),
+    }
+
+
+def resnet_drho(K0, *, rho, sw2, sb2, depth, sw2_out=1.0, sb2_out=0.0):
+    """d/d rho of the resnet responses, by forward-mode differentiation of the loop.
+
+    Keys (P x P, leading batch axis when batched): K, dK_drho, log_abs_chi,
+    chi_sign, dlog_chi_drho, log_abs_chi_out, chi_out_sign, dlog_chi_out_drho,
+    and chi_out, dchi_out_drho = chi_out * dlog_chi_out_drho.
+    """
+    named = {"rho": rho, "sw2": sw2, "sb2": sb2, "sw2_out": sw2_out, "sb2_out": sb2_out}
+    result = _run_packed(_tangent_resnet, K0, depth, named)
+    result["chi_out"] = _signed_exp(result["log_abs_chi_out"], result["chi_out_sign"])
+    result["dchi_out_drho"] = result["chi_out"] * result["dlog_chi_out_drho"]
+    return result
+
+
+
+def _run_packed(chunk, K0, depth, named):
+    """Batch, pack, run ``chunk``; every output is a (diagonal, upper triangle) pair."""
+    K0, batch, B, tri, q0, k0, par, step = _prepare(K0, named)
+    iu, ju, _ = tri
+    chunks = []
+    for start in range(0, B, step):
+        sl = slice(start, start + step)
+        part = {n: (v[sl] if batch else v) for n, v in par.items()}
+        chunks.append(chunk(q0[sl], k0[sl], tri, int(depth), part))
+    result = {key: _full(numpy.concatenate([c[key][0] for c in chunks], axis=0),
+                         numpy.concatenate([c[key][1] for c in chunks], axis=0), iu, ju)
+              for key in chunks[0]}
+    return result if batch else {key: value[0] for key, value in result.items()}
+
+
 def _full(diag, off, iu, ju):
     """Unpack (..., P) diagonal and (..., M) upper-triangle entries into (..., P, P)."""
     P = diag.shape[-1]
@@ -281,7 +402,7 @@ def _tensor(chi_d, chi_p, X_a, X_b, iu, ju):
 
 def _log_abs_1p(x):
     """log|1 + x|: log1p (accurate for small x) unless some x <= -1."""
-    if numpy.min(x) > -1.0:
+    if numpy.size(x) == 0 or numpy.min(x) > -1.0:
         return numpy.log1p(x)
     with numpy.errstate(divide="ignore", invalid="ignore"):
         return numpy.where(x > -1.0, numpy.log1p(numpy.maximum(x, -1.0)),
@@ -298,11 +419,9 @@ def _signed_exp(log_abs, sign):
         return sign * numpy.exp(log_abs)
 
 
-def _run(chunk, K0, depth, named, responses, tensor, layers):
-    """Validate shapes, pack K0, run ``chunk`` over batch chunks, unpack the results."""
+def _prepare(K0, named):
+    """Check shapes, broadcast the batch, pack K0 into (diagonal, upper triangle)."""
     K0 = numpy.asarray(K0, dtype=float)
-    depth = int(depth)
-    tensor = tensor and responses
     named = {n: numpy.asarray(v, dtype=float) for n, v in named.items()}
     shapes = [v.shape for v in named.values()] + [K0.shape[:-2]]
     if any(len(s) > 1 for s in shapes):
@@ -320,6 +439,15 @@ def _run(chunk, K0, depth, named, responses, tensor, layers):
     else:  # plain floats: cheaper to broadcast than (1, 1) arrays in every layer
         par = {n: float(v) for n, v in named.items()}
     step = max(1, _BLOCK // max(1, P + len(iu)))
+    return K0, bool(batch), B, tri, q0, k0, par, step
+
+
+def _run(chunk, K0, depth, named, responses, tensor, layers):
+    """Validate shapes, pack K0, run ``chunk`` over batch chunks, unpack the results."""
+    depth = int(depth)
+    tensor = tensor and responses
+    K0, batch, B, tri, q0, k0, par, step = _prepare(K0, named)
+    iu, ju, _ = tri
     chunks = []
     for start in range(0, B, step):
         sl = slice(start, start + step)

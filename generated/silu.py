@@ -51,38 +51,59 @@ _Z, _W = numpy.polynomial.hermite_e.hermegauss(QUADRATURE_NODES)
 _W = _W / numpy.sqrt(2.0 * numpy.pi)
 
 
-def _phi(x):
-    return x/(1 + numpy.exp(-x))
+def _phi_0(x):
+    """d^0 phi / dx^0"""
+    return numpy.broadcast_to(x/(1 + numpy.exp(-x)), numpy.shape(x)).astype(float)
 
 
-def _dphi(x):
-    return x/(numpy.exp(x) + 2 + numpy.exp(-x)) + 1/(1 + numpy.exp(-x))
+def _phi_1(x):
+    """d^1 phi / dx^1"""
+    return numpy.broadcast_to(x*numpy.exp(-x)/(1 + numpy.exp(-x))**2 + 1/(1 + numpy.exp(-x)), numpy.shape(x)).astype(float)
 
 
-def _d2phi(x):
-    return x/(numpy.exp(3*x) + 4*numpy.exp(2*x) + 6*numpy.exp(x) + 4 + numpy.exp(-x)) - x*numpy.exp(x)/(numpy.exp(2*x) + 4*numpy.exp(x) + 6 + 4*numpy.exp(-x) + numpy.exp(-2*x)) + 2/(numpy.exp(x) + 2 + numpy.exp(-x))
+def _phi_2(x):
+    """d^2 phi / dx^2"""
+    return numpy.broadcast_to(-x*numpy.exp(-x)/(1 + numpy.exp(-x))**2 + 2*x*numpy.exp(-2*x)/(1 + numpy.exp(-x))**3 + 2*numpy.exp(-x)/(1 + numpy.exp(-x))**2, numpy.shape(x)).astype(float)
 
 
-def _as_array(value, like):
-    return numpy.broadcast_to(value, like.shape).astype(float)
+def _phi_3(x):
+    """d^3 phi / dx^3"""
+    return numpy.broadcast_to(x*numpy.exp(-x)/(1 + numpy.exp(-x))**2 - 6*x*numpy.exp(-2*x)/(1 + numpy.exp(-x))**3 + 6*x*numpy.exp(-3*x)/(1 + numpy.exp(-x))**4 - 3*numpy.exp(-x)/(1 + numpy.exp(-x))**2 + 6*numpy.exp(-2*x)/(1 + numpy.exp(-x))**3, numpy.shape(x)).astype(float)
 
 
-def _diag_value(q):
+def _phi_4(x):
+    """d^4 phi / dx^4"""
+    return numpy.broadcast_to(-x*numpy.exp(-x)/(1 + numpy.exp(-x))**2 + 14*x*numpy.exp(-2*x)/(1 + numpy.exp(-x))**3 - 36*x*numpy.exp(-3*x)/(1 + numpy.exp(-x))**4 + 24*x*numpy.exp(-4*x)/(1 + numpy.exp(-x))**5 + 4*numpy.exp(-x)/(1 + numpy.exp(-x))**2 - 24*numpy.exp(-2*x)/(1 + numpy.exp(-x))**3 + 24*numpy.exp(-3*x)/(1 + numpy.exp(-x))**4, numpy.shape(x)).astype(float)
+
+
+def _sq_0(x):
+    """d^0 (phi^2) / dx^0"""
+    return numpy.broadcast_to(x**2/(1 + numpy.exp(-x))**2, numpy.shape(x)).astype(float)
+
+
+def _sq_2(x):
+    """d^2 (phi^2) / dx^2"""
+    return numpy.broadcast_to(-2*x**2*numpy.exp(-x)/(1 + numpy.exp(-x))**3 + 6*x**2*numpy.exp(-2*x)/(1 + numpy.exp(-x))**4 + 8*x*numpy.exp(-x)/(1 + numpy.exp(-x))**3 + 2/(1 + numpy.exp(-x))**2, numpy.shape(x)).astype(float)
+
+
+def _sq_4(x):
+    """d^4 (phi^2) / dx^4"""
+    return numpy.broadcast_to(-2*x**2*numpy.exp(-x)/(1 + numpy.exp(-x))**3 + 42*x**2*numpy.exp(-2*x)/(1 + numpy.exp(-x))**4 - 144*x**2*numpy.exp(-3*x)/(1 + numpy.exp(-x))**5 + 120*x**2*numpy.exp(-4*x)/(1 + numpy.exp(-x))**6 + 16*x*numpy.exp(-x)/(1 + numpy.exp(-x))**3 - 144*x*numpy.exp(-2*x)/(1 + numpy.exp(-x))**4 + 192*x*numpy.exp(-3*x)/(1 + numpy.exp(-x))**5 - 24*numpy.exp(-x)/(1 + numpy.exp(-x))**3 + 72*numpy.exp(-2*x)/(1 + numpy.exp(-x))**4, numpy.shape(x)).astype(float)
+
+
+_SQUARES = {0: _sq_0, 2: _sq_2, 4: _sq_4, }
+_PHIS = (_phi_0, _phi_1, _phi_2, _phi_3, _phi_4, )
+
+
+def _diag_moments(q, orders):
+    """d^n G_d / dq^n = 2^-n E[(phi^2)^(2n)(sqrt(q) z)] for each n in orders (Price)."""
     u = numpy.sqrt(q)[..., None] * _Z
-    f = _as_array(_phi(u), u)
-    return (f * f) @ _W
+    return tuple((_SQUARES[2 * n](u) @ _W) * 0.5**n for n in orders)
 
 
-def _diag_grad(q):
-    u = numpy.sqrt(q)[..., None] * _Z
-    f = _as_array(_phi(u), u)
-    df = _as_array(_dphi(u), u)
-    d2f = _as_array(_d2phi(u), u)
-    return (f * f) @ _W, (df * df + f * d2f) @ _W
-
-
-def _pair_moments(q, k, tri, grad, full):
-    """2-D Gauss-Hermite: u_a = sqrt(q_a) z, u_b = sqrt(q_b) (c z + s z')."""
+def _pair_moments(q, k, tri, orders):
+    """2-D Gauss-Hermite, u_a = sqrt(q_a) z, u_b = sqrt(q_b) (c z + s z'); each moment is
+    2^-h E[phi^(i)(u_a) phi^(j)(u_b)] for (i, j, h) in orders (Price's theorem)."""
     iu, ju, counts = tri
     qa, qb = numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1)
     sa, sb = numpy.sqrt(qa), numpy.sqrt(qb)
@@ -92,57 +113,74 @@ def _pair_moments(q, k, tri, grad, full):
     sa, sb, c, s = (a.reshape(-1) for a in (sa, sb, c, s))
     n = len(_Z)
     step = max(1, _BLOCK * 16 // (n * n))
-    outputs = [numpy.empty(sa.shape) for _ in range(4 if full else (2 if grad else 1))]
+    outputs = [numpy.empty(sa.shape) for _ in orders]
     for start in range(0, sa.size, step):
         sl = slice(start, start + step)
         ua = sa[sl, None] * _Z
         ub = sb[sl, None, None] * (c[sl, None, None] * _Z[:, None] + s[sl, None, None] * _Z)
-        fa, fb = _as_array(_phi(ua), ua), _as_array(_phi(ub), ub)
-        outputs[0][sl] = numpy.einsum("mi,i,mij,j->m", fa, _W, fb, _W)
-        if grad or full:
-            da = _as_array(_dphi(ua), ua)
-            db = _as_array(_dphi(ub), ub)
-            outputs[1][sl] = numpy.einsum("mi,i,mij,j->m", da, _W, db, _W)
-        if full:
-            d2a = _as_array(_d2phi(ua), ua)
-            d2b = _as_array(_d2phi(ub), ub)
-            outputs[2][sl] = 0.5 * numpy.einsum("mi,i,mij,j->m", d2a, _W, fb, _W)
-            outputs[3][sl] = 0.5 * numpy.einsum("mi,i,mij,j->m", fa, _W, d2b, _W)
-    outputs = [o.reshape(shape) for o in outputs]
-    return outputs[0] if len(outputs) == 1 else tuple(outputs)
+        at_a = {i: _PHIS[i](ua) for i in sorted({o[0] for o in orders})}
+        at_b = {j: _PHIS[j](ub) for j in sorted({o[1] for o in orders})}
+        for out, (i, j, h) in zip(outputs, orders):
+            out[sl] = numpy.einsum("mi,i,mij,j->m", at_a[i], _W, at_b[j], _W) * 0.5**h
+    return tuple(o.reshape(shape) for o in outputs)
+
+
+def _diag_value(q):
+    moments = _diag_moments(q, (0,))
+    return moments[0]
+
+
+def _diag_grad(q):
+    moments = _diag_moments(q, (0, 1))
+    return moments
+
+
+def _diag_second(q):
+    moments = _diag_moments(q, (0, 1, 2))
+    return moments
 
 
 def _pair_value(q, k, tri):
-    return _pair_moments(q, k, tri, False, False)
+    moments = _pair_moments(q, k, tri, ((0, 0, 0),))
+    return moments[0]
 
 
 def _pair_grad(q, k, tri):
-    return _pair_moments(q, k, tri, True, False)
+    moments = _pair_moments(q, k, tri, ((0, 0, 0), (1, 1, 0)))
+    return moments
 
 
 def _pair_full(q, k, tri):
-    return _pair_moments(q, k, tri, True, True)
+    moments = _pair_moments(q, k, tri, ((0, 0, 0), (1, 1, 0), (2, 0, 1), (0, 2, 1)))
+    return moments
+
+
+def _pair_second(q, k, tri):
+    moments = _pair_moments(q, k, tri, ((0, 0, 0), (1, 1, 0), (2, 0, 1), (0, 2, 1), (2, 2, 0), (3, 1, 1), (1, 3, 1)))
+    return moments
+
 
 
 def pair_expectations(qa, qb, k):
-    """G = E[phi(u_a) phi(u_b)] and its partials in (K_ab, K_aa, K_bb), elementwise."""
+    """G = E[phi(u_a) phi(u_b)] and its partials in (K_ab, K_aa, K_bb) to second order in
+    K_ab, elementwise: keys (, ', G, ', ,,  , ', G, _, k, ', ,,  , ', G, _, q, a, ', ,,  , ', G, _, q, b, ', ,,  , ', G, _, k, k, ', ,,  , ', G, _, k, q, a, ', ,,  , ', G, _, k, q, b, ', )."""
     qa, qb, k = numpy.broadcast_arrays(*(numpy.asarray(a, dtype=float) for a in (qa, qb, k)))
     n = qa.size
     q = numpy.concatenate([qa.reshape(-1), qb.reshape(-1)])
     counts = numpy.concatenate([numpy.ones(n, dtype=int), numpy.zeros(n, dtype=int)])
     tri = (numpy.arange(n), n + numpy.arange(n), counts)
-    values = _pair_full(q, k.reshape(-1), tri)
+    values = _pair_second(q, k.reshape(-1), tri)
     return {name: numpy.broadcast_to(v, k.shape).reshape(qa.shape).copy()
-            for name, v in zip(("G", "G_k", "G_qa", "G_qb"), values)}
+            for name, v in zip(('G', 'G_k', 'G_qa', 'G_qb', 'G_kk', 'G_kqa', 'G_kqb'), values)}
 
 
 def diag_expectations(q):
-    """G_d = E[phi(u)^2], u ~ N(0, q), and dG_d/dq, elementwise."""
+    """G_d = E[phi(u)^2], u ~ N(0, q), and its first two derivatives in q, elementwise."""
     q = numpy.asarray(q, dtype=float)
-    G_d, G_d_q = _diag_grad(q.reshape(-1))
     flat = q.reshape(-1)
-    return {"G_d": numpy.broadcast_to(G_d, flat.shape).reshape(q.shape).copy(),
-            "G_d_q": numpy.broadcast_to(G_d_q, flat.shape).reshape(q.shape).copy()}
+    values = _diag_second(flat)
+    return {name: numpy.broadcast_to(v, flat.shape).reshape(q.shape).copy()
+            for name, v in zip(('G_d', 'G_d_q', 'G_d_qq'), values)}
 
 
 
@@ -197,6 +235,8 @@ def _chunk_resnet(q, k, tri, depth, par, responses, tensor, layers):
     sb2 = par["sb2"]
     c0 = rho**2*sb2
     c1 = rho**2*sw2
+    c2 = 2*rho*sb2
+    c3 = 2*rho*sw2
     log_d = numpy.zeros_like(q)
     sign_d = numpy.ones_like(q)
     log_p = numpy.zeros_like(k)
@@ -264,6 +304,82 @@ def _readout(q, k, tri, par, log_d, sign_d, log_p, sign_p, X, responses, history
     return out
 
 
+def _tangent_resnet(q, k, tri, depth, par):
+    """resnet: forward-mode d/d rho through the layer loop and the readout."""
+    iu, ju, counts = tri
+    sw2_out = par["sw2_out"]
+    rho = par["rho"]
+    sw2 = par["sw2"]
+    sb2 = par["sb2"]
+    c0 = rho**2*sb2
+    c1 = rho**2*sw2
+    c2 = 2*rho*sb2
+    c3 = 2*rho*sw2
+    dq, dk = numpy.zeros_like(q), numpy.zeros_like(k)
+    log_d, sign_d = numpy.zeros_like(q), numpy.ones_like(q)
+    log_p, sign_p = numpy.zeros_like(k), numpy.ones_like(k)
+    dlog_d, dlog_p = numpy.zeros_like(q), numpy.zeros_like(k)
+    for _ in range(depth):
+        G_d, G_d_q, G_d_qq = _diag_second(q)
+        G, G_k, G_qa, G_qb, G_kk, G_kqa, G_kqb = _pair_second(q, k, tri)
+        dq_a, dq_b = numpy.repeat(dq, counts, axis=-1), numpy.take(dq, ju, axis=-1)
+        J_q = G_d_q*c1 + 1
+        J_k = G_k*c1 + 1
+        log_d = log_d + _log_abs_1p(G_d_q*c1)
+        sign_d = sign_d * numpy.sign(J_q)
+        log_p = log_p + _log_abs_1p(G_k*c1)
+        sign_p = sign_p * numpy.sign(J_k)
+        dlog_d = dlog_d + (G_d_q*c3 + G_d_qq*c1*dq) / J_q
+        dlog_p = dlog_p + (G_k*c3 + G_kk*c1*dk + G_kqa*c1*dq_a + G_kqb*c1*dq_b) / J_k
+        q, k, dq, dk = (G_d*c1 + c0 + q, G*c1 + k + c0,
+                        G_d*c3 + c2 + dq*(G_d_q*c1 + 1),
+                        G*c3 + G_qa*c1*dq_a + G_qb*c1*dq_b + c2 + dk*(G_k*c1 + 1))
+    G_d, G_d_q, G_d_qq = _diag_second(q)
+    G, G_k, G_qa, G_qb, G_kk, G_kqa, G_kqb = _pair_second(q, k, tri)
+    dq_a, dq_b = numpy.repeat(dq, counts, axis=-1), numpy.take(dq, ju, axis=-1)
+    R_q = G_d_q*sw2_out + numpy.zeros_like(q)
+    R_k = G_k*sw2_out + numpy.zeros_like(k)
+    return {
+        "K": (q, k), "dK_drho": (dq, dk),
+        "log_abs_chi": (log_d, log_p), "chi_sign": (sign_d, sign_p),
+        "dlog_chi_drho": (dlog_d, dlog_p),
+        "log_abs_chi_out": (log_d + _log_abs(R_q), log_p + _log_abs(R_k)),
+        "chi_out_sign": (sign_d * numpy.sign(R_q), sign_p * numpy.sign(R_k)),
+        "dlog_chi_out_drho": (dlog_d + (G_d_qq*dq*sw2_out) / R_q,
+                              dlog_p + (G_kk*dk*sw2_out + G_kqa*dq_a*sw2_out + G_kqb*dq_b*sw2_out) / R_k),
+    }
+
+
+def resnet_drho(K0, *, rho, sw2, sb2, depth, sw2_out=1.0, sb2_out=0.0):
+    """d/d rho of the resnet responses, by forward-mode differentiation of the loop.
+
+    Keys (P x P, leading batch axis when batched): K, dK_drho, log_abs_chi,
+    chi_sign, dlog_chi_drho, log_abs_chi_out, chi_out_sign, dlog_chi_out_drho,
+    and chi_out, dchi_out_drho = chi_out * dlog_chi_out_drho.
+    """
+    named = {"rho": rho, "sw2": sw2, "sb2": sb2, "sw2_out": sw2_out, "sb2_out": sb2_out}
+    result = _run_packed(_tangent_resnet, K0, depth, named)
+    result["chi_out"] = _signed_exp(result["log_abs_chi_out"], result["chi_out_sign"])
+    result["dchi_out_drho"] = result["chi_out"] * result["dlog_chi_out_drho"]
+    return result
+
+
+
+def _run_packed(chunk, K0, depth, named):
+    """Batch, pack, run ``chunk``; every output is a (diagonal, upper triangle) pair."""
+    K0, batch, B, tri, q0, k0, par, step = _prepare(K0, named)
+    iu, ju, _ = tri
+    chunks = []
+    for start in range(0, B, step):
+        sl = slice(start, start + step)
+        part = {n: (v[sl] if batch else v) for n, v in par.items()}
+        chunks.append(chunk(q0[sl], k0[sl], tri, int(depth), part))
+    result = {key: _full(numpy.concatenate([c[key][0] for c in chunks], axis=0),
+                         numpy.concatenate([c[key][1] for c in chunks], axis=0), iu, ju)
+              for key in chunks[0]}
+    return result if batch else {key: value[0] for key, value in result.items()}
+
+
 def _full(diag, off, iu, ju):
     """Unpack (..., P) diagonal and (..., M) upper-triangle entries into (..., P, P)."""
     P = diag.shape[-1]
@@ -291,7 +407,7 @@ def _tensor(chi_d, chi_p, X_a, X_b, iu, ju):
 
 def _log_abs_1p(x):
     """log|1 + x|: log1p (accurate for small x) unless some x <= -1."""
-    if numpy.min(x) > -1.0:
+    if numpy.size(x) == 0 or numpy.min(x) > -1.0:
         return numpy.log1p(x)
     with numpy.errstate(divide="ignore", invalid="ignore"):
         return numpy.where(x > -1.0, numpy.log1p(numpy.maximum(x, -1.0)),
@@ -308,11 +424,9 @@ def _signed_exp(log_abs, sign):
         return sign * numpy.exp(log_abs)
 
 
-def _run(chunk, K0, depth, named, responses, tensor, layers):
-    """Validate shapes, pack K0, run ``chunk`` over batch chunks, unpack the results."""
+def _prepare(K0, named):
+    """Check shapes, broadcast the batch, pack K0 into (diagonal, upper triangle)."""
     K0 = numpy.asarray(K0, dtype=float)
-    depth = int(depth)
-    tensor = tensor and responses
     named = {n: numpy.asarray(v, dtype=float) for n, v in named.items()}
     shapes = [v.shape for v in named.values()] + [K0.shape[:-2]]
     if any(len(s) > 1 for s in shapes):
@@ -330,6 +444,15 @@ def _run(chunk, K0, depth, named, responses, tensor, layers):
     else:  # plain floats: cheaper to broadcast than (1, 1) arrays in every layer
         par = {n: float(v) for n, v in named.items()}
     step = max(1, _BLOCK // max(1, P + len(iu)))
+    return K0, bool(batch), B, tri, q0, k0, par, step
+
+
+def _run(chunk, K0, depth, named, responses, tensor, layers):
+    """Validate shapes, pack K0, run ``chunk`` over batch chunks, unpack the results."""
+    depth = int(depth)
+    tensor = tensor and responses
+    K0, batch, B, tri, q0, k0, par, step = _prepare(K0, named)
+    iu, ju, _ = tri
     chunks = []
     for start in range(0, B, step):
         sl = slice(start, start + step)

@@ -138,15 +138,23 @@ class Expectations:
     diag: sp.Expr | None = None          # G(q, q, q) = E[phi(u)^2], u ~ N(0, q)
     phi_derivatives: tuple[sp.Expr, ...] = ()  # phi, phi', phi''
 
+    def pair_moment(self, variables: tuple[sp.Symbol, ...]) -> sp.Expr:
+        """A partial derivative of the closed-form G in (K_aa, K_bb, K_ab), simplified."""
+        assert self.pair is not None
+        return simplify(sp.diff(self.pair, *variables)) if variables else self.pair
+
+    def diag_moment(self, order: int) -> sp.Expr:
+        """d^order G_d / dq^order, simplified."""
+        assert self.diag is not None
+        return simplify(sp.diff(self.diag, Q, order)) if order else self.diag
+
     def pair_partials(self) -> dict[str, sp.Expr]:
         """dG/dK_ab, dG/dK_aa, dG/dK_bb, simplified."""
-        assert self.pair is not None
-        return {name: simplify(sp.diff(self.pair, var))
+        return {name: self.pair_moment((var,))
                 for name, var in (("G_k", KAB), ("G_qa", KAA), ("G_qb", KBB))}
 
     def diag_derivative(self) -> sp.Expr:
-        assert self.diag is not None
-        return simplify(sp.diff(self.diag, Q))
+        return self.diag_moment(1)
 
 
 def simplify(expr: sp.Expr) -> sp.Expr:

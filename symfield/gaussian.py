@@ -56,8 +56,9 @@ def _drop_x_delta(expr: sp.Expr) -> sp.Expr:
 
 
 def derivative(phi: sp.Expr) -> sp.Expr:
-    """phi'(x), with distributional terms x*delta(x) removed."""
-    return _drop_x_delta(sp.diff(phi, X))
+    """phi'(x), with distributional terms x*delta(x) removed (expanded only if any)."""
+    result = sp.diff(phi, X)
+    return _drop_x_delta(result) if result.has(sp.DiracDelta) else result
 
 
 def _exp_rate(factor: sp.Expr) -> sp.Expr | None:

@@ -11,8 +11,16 @@ import sympy as sp
 from .. import __version__
 from ..action import BETA, GAMMA, RHO, SB2, SB2_OUT, SW2, SW2_OUT
 from ..gaussian import KAA, KAB, KBB, Q, X
-from ..ir import MOMENTS, KernelRoutine
+from ..ir import (
+    DIAG_DERIVATIVES,
+    DIAG_MOMENTS,
+    MOMENTS,
+    PAIR_MOMENTS,
+    KernelRoutine,
+    pair_price_orders,
+)
 from ..numerics import DELTA
+from ..response import DK, DQ, DQA, DQB
 from .printer import NumpyExpressionPrinter, hoist_per_input, print_block
 
 #: Names of the layer-loop variables in the generated code.
@@ -20,7 +28,9 @@ LOOP_NAMES = {Q: "q", KAB: "k", GAMMA: "gamma", BETA: "beta", SW2: "sw2", SB2: "
               SW2_OUT: "sw2_out", SB2_OUT: "sb2_out", **{s: n for n, s in MOMENTS.items()}}
 INVARIANTS = (GAMMA, BETA, SW2, SB2, SW2_OUT, SB2_OUT)
 READOUT = ("out_q", "out_k", "R_q", "R_k", "R_qa", "R_qb")
-PAIR_VARIANTS = {"value": ("G",), "grad": ("G", "G_k"), "full": ("G", "G_k", "G_qa", "G_qb")}
+PAIR_VARIANTS = {"value": ("G",), "grad": ("G", "G_k"), "full": ("G", "G_k", "G_qa", "G_qb"),
+                 "second": PAIR_MOMENTS}
+DIAG_VARIANTS = {"value": ("G_d",), "grad": ("G_d", "G_d_q"), "second": DIAG_MOMENTS}
 
 
 @functools.lru_cache(maxsize=1)
@@ -107,10 +117,15 @@ def render_module(routine: KernelRoutine, *, source: str, spec_hash: str) -> str
         "nodes": routine.quadrature.nodes if routine.quadrature else None,
         "q_max": repr(routine.quadrature.q_max) if routine.quadrature else None,
     }
+    context["pair_moment_names"] = repr(PAIR_VARIANTS["second"])
+    context["diag_moment_names"] = repr(DIAG_VARIANTS["second"])
     if routine.kind == "exact":
         diag_printer = NumpyExpressionPrinter({**_param_names(routine), Q: "q"})
-        context["diag_value"] = print_block({"G_d": routine.diag["G_d"]}, diag_printer)
-        context["diag_grad"] = print_block(dict(routine.diag), diag_printer)
+        context["diag_variants"] = []
+        for name, outputs in DIAG_VARIANTS.items():
+            block = print_block({o: routine.diag[o] for o in outputs}, diag_printer)
+            context["diag_variants"].append({"name": name, "lines": block.lines,
+                                             "outputs": block.outputs})
         modules.update(diag_printer.module_imports)
         context["pair_variants"] = [_pair_variant(routine, name, outputs, modules)
                                     for name, outputs in PAIR_VARIANTS.items()]
@@ -118,8 +133,18 @@ def render_module(routine: KernelRoutine, *, source: str, spec_hash: str) -> str
         assert routine.quadrature is not None
         phi_printer = NumpyExpressionPrinter({**_param_names(routine), X: "x"})
         plan = routine.quadrature
-        context["phi_text"] = [phi_printer.doprint(e) for e in (plan.phi, plan.dphi, plan.d2phi)]
+        context["phi_text"] = [phi_printer.doprint(e) for e in plan.phis]
+        context["square_text"] = [(order, phi_printer.doprint(plan.squares[order]))
+                                  for order in range(0, len(plan.squares), 2)]
         modules.update(phi_printer.module_imports)
+        context["diag_variants"] = [
+            {"name": name, "outputs": outputs,
+             "orders": repr(tuple(len(DIAG_DERIVATIVES[o]) for o in outputs))}
+            for name, outputs in DIAG_VARIANTS.items()]
+        context["pair_variants"] = [
+            {"name": name, "outputs": outputs,
+             "orders": repr(tuple(pair_price_orders(o) for o in outputs))}
+            for name, outputs in PAIR_VARIANTS.items()]
 
     readout_printer = NumpyExpressionPrinter({**LOOP_NAMES, **_param_names(routine)})
     context["readout"] = {name: readout_printer.doprint(expr)
@@ -142,12 +167,15 @@ def _net_context(routine: KernelRoutine, net: str, gamma: sp.Expr, beta: sp.Expr
     params = [p.name for p in routine.params]
     specialised = {name: sp.expand(expr.subs({GAMMA: gamma, BETA: beta}))
                    for name, expr in routine.layer.items() if name not in READOUT}
+    tangent = routine.tangents.get(net, {})
+    specialised.update({f"tangent_{name}": expr for name, expr in tangent.items()})
     if routine.kind == "exact":
         specialised["fused_q"] = specialised["q_new"].subs(MOMENTS["G_d"], routine.diag["G_d"])
         specialised["fused_k"] = specialised["k_new"].subs(MOMENTS["G"], routine.pair["G"])
     invariant = set(INVARIANTS) | set(routine.params) | {RHO}
     hoisted, layer = _hoist_invariants(specialised, invariant)
-    names = {**LOOP_NAMES, RHO: "rho", **_param_names(routine)}
+    names = {**LOOP_NAMES, RHO: "rho", DQ: "dq", DQA: "dq_a", DQB: "dq_b", DK: "dk",
+             **_param_names(routine)}
     printer = NumpyExpressionPrinter(names)
     invariants = []
     for symbol, expr in hoisted:
@@ -170,7 +198,10 @@ def _net_context(routine: KernelRoutine, net: str, gamma: sp.Expr, beta: sp.Expr
         "process_inputs": process_inputs,
         "inputs": process_inputs + ["sw2", "sb2"] + params,
         "invariants": invariants, "fused": fused,
-        "layer": {name: printer.doprint(expr) for name, expr in layer.items()},
+        "tangent": {name[len("tangent_"):]: printer.doprint(expr)
+                    for name, expr in layer.items() if name.startswith("tangent_")},
+        "layer": {name: printer.doprint(expr) for name, expr in layer.items()
+                  if not name.startswith("tangent_")},
     }
 
 
