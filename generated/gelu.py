@@ -92,8 +92,37 @@ def _sq_4(x):
     return numpy.broadcast_to(-1/2*numpy.sqrt(2)*x**5*(scipy.special.erf((1/2)*numpy.sqrt(2)*x) + 1)*numpy.exp(-1/2*x**2)/numpy.sqrt(numpy.pi) + 7*x**4*numpy.exp(-x**2)/numpy.pi + (11/2)*numpy.sqrt(2)*x**3*(scipy.special.erf((1/2)*numpy.sqrt(2)*x) + 1)*numpy.exp(-1/2*x**2)/numpy.sqrt(numpy.pi) - 28*x**2*numpy.exp(-x**2)/numpy.pi - 10*numpy.sqrt(2)*x*(scipy.special.erf((1/2)*numpy.sqrt(2)*x) + 1)*numpy.exp(-1/2*x**2)/numpy.sqrt(numpy.pi) + 12*numpy.exp(-x**2)/numpy.pi, numpy.shape(x)).astype(float)
 
 
+
+
+def _phi_all(x):
+    """phi and all its derivatives up to order 4, sharing subexpressions."""
+    w0 = numpy.sqrt(2)
+    w1 = (1/2)*x
+    w2 = scipy.special.erf(w0*w1) + 1
+    w3 = x**2
+    w4 = (1/2)*w3
+    w5 = w0*numpy.exp(-w4)/numpy.sqrt(numpy.pi)
+    w6 = w5*x
+    d0 = w1*w2
+    d1 = (1/2)*w2 + (1/2)*w6
+    d2 = w5*(1 - w4)
+    d3 = w6*(w4 - 2)
+    d4 = w5*((7/2)*w3 - 1/2*x**4 - 2)
+    return tuple(numpy.broadcast_to(v, numpy.shape(x)).astype(float)
+                 for v in (d0, d1, d2, d3, d4))
+
+
 _SQUARES = {0: _sq_0, 2: _sq_2, 4: _sq_4, }
 _PHIS = (_phi_0, _phi_1, _phi_2, _phi_3, _phi_4, )
+
+
+def _derivatives(x, orders):
+    """{order: phi^(order)(x)}: one shared evaluation when several orders are needed."""
+    if len(orders) == 1:
+        (order,) = orders
+        return {order: _PHIS[order](x)}
+    values = _phi_all(x)
+    return {order: values[order] for order in orders}
 
 
 def _diag_moments(q, orders):
@@ -119,8 +148,8 @@ def _pair_moments(q, k, tri, orders):
         sl = slice(start, start + step)
         ua = sa[sl, None] * _Z
         ub = sb[sl, None, None] * (c[sl, None, None] * _Z[:, None] + s[sl, None, None] * _Z)
-        at_a = {i: _PHIS[i](ua) for i in sorted({o[0] for o in orders})}
-        at_b = {j: _PHIS[j](ub) for j in sorted({o[1] for o in orders})}
+        at_a, at_b = _derivatives(ua, {o[0] for o in orders}), \
+            _derivatives(ub, {o[1] for o in orders})
         for out, (i, j, h) in zip(outputs, orders):
             out[sl] = numpy.einsum("mi,i,mij,j->m", at_a[i], _W, at_b[j], _W) * 0.5**h
     return tuple(o.reshape(shape) for o in outputs)

@@ -91,8 +91,41 @@ def _sq_4(x):
     return numpy.broadcast_to(-2*x**2*numpy.exp(-x)/(1 + numpy.exp(-x))**3 + 42*x**2*numpy.exp(-2*x)/(1 + numpy.exp(-x))**4 - 144*x**2*numpy.exp(-3*x)/(1 + numpy.exp(-x))**5 + 120*x**2*numpy.exp(-4*x)/(1 + numpy.exp(-x))**6 + 16*x*numpy.exp(-x)/(1 + numpy.exp(-x))**3 - 144*x*numpy.exp(-2*x)/(1 + numpy.exp(-x))**4 + 192*x*numpy.exp(-3*x)/(1 + numpy.exp(-x))**5 - 24*numpy.exp(-x)/(1 + numpy.exp(-x))**3 + 72*numpy.exp(-2*x)/(1 + numpy.exp(-x))**4, numpy.shape(x)).astype(float)
 
 
+
+
+def _phi_all(x):
+    """phi and all its derivatives up to order 4, sharing subexpressions."""
+    w0 = -x
+    w1 = numpy.exp(w0)
+    w2 = w1 + 1
+    w3 = 1/w2
+    w4 = w3*x
+    w5 = w1*w4
+    w6 = w2**(-2.0)
+    w7 = w1*w6
+    w8 = w1*w3
+    w9 = w6*numpy.exp(-2*x)
+    w10 = w9*x
+    d0 = w4
+    d1 = w3*(w5 + 1)
+    d2 = w7*(w0 + 2*w5 + 2)
+    d3 = w7*(6*w10 - 6*w5 + 6*w8 + x - 3)
+    d4 = w7*(w0 - 36*w10 + 14*w5 - 24*w8 + 24*w9 + 4 + 24*x*numpy.exp(-3*x)/w2**3)
+    return tuple(numpy.broadcast_to(v, numpy.shape(x)).astype(float)
+                 for v in (d0, d1, d2, d3, d4))
+
+
 _SQUARES = {0: _sq_0, 2: _sq_2, 4: _sq_4, }
 _PHIS = (_phi_0, _phi_1, _phi_2, _phi_3, _phi_4, )
+
+
+def _derivatives(x, orders):
+    """{order: phi^(order)(x)}: one shared evaluation when several orders are needed."""
+    if len(orders) == 1:
+        (order,) = orders
+        return {order: _PHIS[order](x)}
+    values = _phi_all(x)
+    return {order: values[order] for order in orders}
 
 
 def _diag_moments(q, orders):
@@ -118,8 +151,8 @@ def _pair_moments(q, k, tri, orders):
         sl = slice(start, start + step)
         ua = sa[sl, None] * _Z
         ub = sb[sl, None, None] * (c[sl, None, None] * _Z[:, None] + s[sl, None, None] * _Z)
-        at_a = {i: _PHIS[i](ua) for i in sorted({o[0] for o in orders})}
-        at_b = {j: _PHIS[j](ub) for j in sorted({o[1] for o in orders})}
+        at_a, at_b = _derivatives(ua, {o[0] for o in orders}), \
+            _derivatives(ub, {o[1] for o in orders})
         for out, (i, j, h) in zip(outputs, orders):
             out[sl] = numpy.einsum("mi,i,mij,j->m", at_a[i], _W, at_b[j], _W) * 0.5**h
     return tuple(o.reshape(shape) for o in outputs)

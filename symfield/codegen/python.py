@@ -134,6 +134,9 @@ def render_module(routine: KernelRoutine, *, source: str, spec_hash: str) -> str
         phi_printer = NumpyExpressionPrinter({**_param_names(routine), X: "x"})
         plan = routine.quadrature
         context["phi_text"] = [phi_printer.doprint(e) for e in plan.phis]
+        context["phi_all"] = print_block({f"d{i}": e for i, e in enumerate(plan.phis)},
+                                         NumpyExpressionPrinter({**_param_names(routine), X: "x"}),
+                                         prefix="w")
         context["square_text"] = [(order, phi_printer.doprint(plan.squares[order]))
                                   for order in range(0, len(plan.squares), 2)]
         modules.update(phi_printer.module_imports)
