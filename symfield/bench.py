@@ -72,7 +72,7 @@ def _case(name: str, seconds: float, baseline_seconds: float, baseline: str,
 
 
 def run(repeats: int = 5, progress: bool = True, *, P: int = 100, depth: int = 1000,
-        n_rho: int = 50) -> dict[str, Any]:
+        n_rho: int = 50, with_optimal: bool = True) -> dict[str, Any]:
     """Time the generated ``erf.resnet`` against :func:`baseline_resnet`; a JSON-ready dict.
 
     Cases: one kernel (``responses=False``) and one kernel with responses against
@@ -122,8 +122,11 @@ def run(repeats: int = 5, progress: bool = True, *, P: int = 100, depth: int = 1
         _case(f"{n_rho}-rho sweep, batched vs single calls", t_sweep, t_singles,
               f"{n_rho} single generated calls", SWEEP_TARGET),
     ]
+    optimal = _optimal_cases(repeats, progress) if with_optimal else {}
+    cases += optimal.pop("cases", [])
     return {
         "cases": cases,
+        **optimal,
         "sweep_per_rho_over_single": float(sweep_over_single),
         "sweep_per_rho_seconds": {"batched": float(t_sweep / n_rho),
                                   "single": float(t_singles / n_rho),
@@ -135,6 +138,52 @@ def run(repeats: int = 5, progress: bool = True, *, P: int = 100, depth: int = 1
                    "rho": RHO, "rho_range": list(RHO_RANGE), "sw2": SW2, "sb2": SB2},
         "numpy": np.__version__,
         "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
+    }
+
+
+OPTIMAL_DEPTHS = (10, 50, 100, 200)
+OPTIMAL_TARGET_SECONDS = 1.0     # issue: all four depths, both responses "well under a second"
+MAP_TARGET_SECONDS = 10.0        # issue: a 50 x 50 (sw2, sb2) map at L = 100 "in seconds"
+
+
+def _grid_search(K0: np.ndarray, depth: int, n: int = 2000) -> tuple[float, float]:
+    """Baseline for rho*: chi_out on a dense rho grid (one batched call), argmax per entry."""
+    from generated import erf
+
+    rhos = np.geomspace(1e-3, 30.0, n) / np.sqrt(depth)
+    chi = erf.resnet(K0, rho=rhos, sw2=SW2, sb2=SB2, depth=depth)["chi_out"]
+    return float(rhos[np.argmax(chi[:, 0, 0])]), float(rhos[np.argmax(chi[:, 0, 1])])
+
+
+def _optimal_cases(repeats: int, progress: bool) -> dict[str, Any]:
+    """rho* (issue 4): four depths, both responses; and the 50 x 50 hyperparameter map."""
+    from .optimal import optimal_rho, optimal_rho_map
+
+    K0 = np.array([[0.05, 0.03], [0.03, 0.05]])
+    (t_opt, t_grid), (result, grid) = _min_times(
+        [lambda: optimal_rho("erf", SW2, SB2, K0, list(OPTIMAL_DEPTHS)),
+         lambda: [_grid_search(K0, d) for d in OPTIMAL_DEPTHS]],
+        repeats, "rho* at 4 depths", ["roots of d chi_out/d rho", "dense grid argmax"],
+        progress)
+    sw2, sb2 = np.meshgrid(np.linspace(0.5, 3.0, 50), np.linspace(0.0, 0.5, 50))
+    start = time.perf_counter()
+    optimal_rho_map("erf", sw2.ravel(), sb2.ravel(), K0, 100, [(0, 0), (0, 1)])
+    t_map = time.perf_counter() - start
+    if progress:
+        print(f"bench: 50 x 50 rho* map at L=100: {t_map:.2f}s", file=sys.stderr, flush=True)
+    grid_gap = max(abs(g[0] - o) / o for g, o in zip(grid, result.rho_star((0, 0)), strict=True))
+    return {
+        "cases": [
+            _case("rho* at L=10,50,100,200, both responses", t_opt, t_grid,
+                  "dense 2000-point grid argmax (no derivative)", None),
+        ],
+        "optimal_rho_seconds": float(t_opt),
+        "optimal_rho_target_seconds": OPTIMAL_TARGET_SECONDS,
+        "optimal_rho_met": bool(t_opt < OPTIMAL_TARGET_SECONDS),
+        "map_50x50_seconds": float(t_map),
+        "map_target_seconds": MAP_TARGET_SECONDS,
+        "map_met": bool(t_map < MAP_TARGET_SECONDS),
+        "grid_search_relative_gap": float(grid_gap),
     }
 
 
@@ -175,4 +224,11 @@ def format_table(result: dict[str, Any]) -> str:
               f"{_yes_no(ratio <= SWEEP_TARGET)})",
               f"max |K_generated - K_baseline| = {result['max_abs_diff']:.2e} "
               f"(tolerance {result['tolerance']:g}: {'ok' if result['agrees'] else 'FAILED'})"]
+    if "optimal_rho_seconds" in result:
+        lines += [f"rho* at 4 depths, both responses: {_fmt_time(result['optimal_rho_seconds'])}"
+                  f" (target < {result['optimal_rho_target_seconds']:g} s: "
+                  f"{_yes_no(result['optimal_rho_met'])}); dense-grid argmax differs by "
+                  f"{result['grid_search_relative_gap']:.1e} relative",
+                  f"rho* map 50 x 50 at L=100: {_fmt_time(result['map_50x50_seconds'])} "
+                  f"(target < {result['map_target_seconds']:g} s: {_yes_no(result['map_met'])})"]
     return "\n".join(lines)

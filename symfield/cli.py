@@ -136,6 +136,158 @@ def _mp_payload(result: dict, dps: int) -> dict:
     return {k: fmt(v) for k, v in result.items()}
 
 
+def _depth_list(text: str) -> list[int]:
+    from .spec import check_depth
+
+    items = [t for t in str(text).replace(" ", "").split(",") if t]
+    if not items:
+        raise SpecError("depths", text, "must be a comma-separated list of depths >= 1")
+    return [check_depth("depths", t) for t in items]
+
+
+def _input_kernel(args: argparse.Namespace) -> np.ndarray:
+    """--K0, or --data X.npy through the input layer (sw2_in, sb2_in)."""
+    if args.data is None:
+        return parse_kernel(args.K0)
+    from .spec import check_kernel
+
+    try:
+        data = np.load(args.data)
+    except (OSError, ValueError) as error:
+        raise SpecError("data", args.data, f"must be a readable .npy file ({error})") from None
+    if data.ndim != 2 or data.shape[0] < 1 or not np.all(np.isfinite(data)):
+        raise SpecError("data", args.data, "must hold a finite 2-D array (rows are inputs)")
+    sw2_in = check_real("sw2_in", args.sw2_in, minimum=0.0, what="input weight variance")
+    sb2_in = check_real("sb2_in", args.sb2_in, minimum=0.0, what="input bias variance")
+    return check_kernel("K0", sb2_in + sw2_in * data @ data.T / data.shape[1])
+
+
+def _cmd_optimal_rho(args: argparse.Namespace) -> int:
+    from .activations import resolve
+    from .optimal import optimal_rho, refine_mp
+
+    if args.net != "resnet":
+        raise SpecError("net", args.net, "optimal rho is defined for --net resnet only")
+    resolve(args.activation)
+    sw2, sb2 = check_real("sw2", args.sw2, minimum=0.0), check_real("sb2", args.sb2, minimum=0.0)
+    sw2_out = check_real("sw2_out", args.sw2_out, minimum=0.0)
+    sb2_out = check_real("sb2_out", args.sb2_out, minimum=0.0)
+    depths = _depth_list(args.depths)
+    K0 = _input_kernel(args)
+    dps = None if args.dps is None else int(check_real("dps", args.dps, minimum=15))
+    result = optimal_rho(args.activation, sw2, sb2, K0, depths, sw2_out=sw2_out,
+                         sb2_out=sb2_out)
+    size = K0.shape[0]
+    named = {"diagonal": (0, 0)} | ({"offdiagonal": (0, 1)} if size > 1 else {})
+    payload: dict[str, object] = {"activation": args.activation, "sw2": sw2, "sb2": sb2,
+                                  "K0": K0, "depths": depths, "method": "float64 (generated "
+                                  "d chi_out/d rho, batched Illinois root)"}
+    for label, entry in named.items():
+        optima = result.optima[entry]
+        payload[f"rho_star_{label}"] = [o.rho_star for o in optima]
+        payload[f"chi_out_max_{label}"] = [o.chi_out_max for o in optima]
+        payload[f"second_derivative_{label}"] = [o.second_derivative for o in optima]
+        payload[f"exponent_{label}"] = result.exponent(entry)
+        reasons = {str(o.depth): o.reason for o in optima if o.reason}
+        if reasons:
+            payload[f"reason_{label}"] = reasons
+        if dps is not None:
+            refined = [refine_mp(args.activation, sw2, sb2, K0, o.depth, entry, o.rho_star, dps,
+                                 sw2_out=sw2_out, sb2_out=sb2_out)
+                       if o.rho_star is not None else (None, None) for o in optima]
+            import mpmath
+
+            payload[f"rho_star_{label}"] = [None if r is None else mpmath.nstr(r, dps)
+                                            for r, _ in refined]
+            payload[f"chi_out_max_{label}"] = [None if v is None else mpmath.nstr(v, dps)
+                                               for _, v in refined]
+            payload["method"] = f"mpmath ({dps} digits), started from the float64 roots"
+    if size == 1:
+        payload["rho_star_offdiagonal"] = None
+        payload["reason_offdiagonal"] = "one input: no off-diagonal response"
+    if not args.no_continuum:
+        payload.update(_continuum_payload(args.activation, sw2, sb2, K0, depths, result,
+                                          sw2_out, named))
+    if args.data is not None:
+        payload["pairs"] = _pairs_payload(result, depths)
+    if args.json:
+        print(json.dumps(_jsonable(payload)))
+        return 0
+    print(f"rho* for resnet {args.activation}, sw2={sw2}, sb2={sb2} [{payload['method']}]")
+    for label in named:
+        print(f"{label}: exponent of rho* vs L = {payload[f'exponent_{label}']}")
+        for i, depth in enumerate(depths):
+            rho = payload[f"rho_star_{label}"][i]
+            print(f"  L={depth:<6} rho*={rho}  chi_out_max={payload[f'chi_out_max_{label}'][i]}")
+    return 0
+
+
+def _continuum_payload(activation: str, sw2: float, sb2: float, K0: np.ndarray,
+                       depths: list[int], result, sw2_out: float, named: dict) -> dict:
+    """Continuum-limit optimum, rho*_continuum = sqrt(t*/L), and the relative gap per depth."""
+    from .continuum import continuum_optimum
+
+    continuum: dict[str, object] = {}
+    per_depth: dict[str, object] = {}
+    gaps: dict[str, object] = {}
+    for label in named:
+        c = continuum_optimum(activation, sw2, sb2, K0, response=label, sw2_out=sw2_out)
+        if c.sqrt_tstar is None:
+            continuum[label] = {"sqrt_tstar": None, "K_star": None, "reason": c.reason}
+            per_depth[label] = [None] * len(depths)
+            gaps[label] = [None] * len(depths)
+            continue
+        continuum[label] = {"sqrt_tstar": float(c.sqrt_tstar), "t_star": float(c.t_star),
+                            "K_star": _jsonable_mp(c.K_star)}
+        rhos = [float(c.rho_star(depth)) for depth in depths]
+        per_depth[label] = rhos
+        exact = result.optima[named[label]]
+        gaps[label] = [None if o.rho_star is None else abs(r - o.rho_star) / o.rho_star
+                       for r, o in zip(rhos, exact, strict=True)]
+    return {"continuum": continuum, "rho_star_continuum": per_depth,
+            "continuum_relative_gap": gaps}
+
+
+def _jsonable_mp(value: object) -> object:
+    if isinstance(value, (list, tuple)):
+        return [_jsonable_mp(v) for v in value]
+    return float(value)  # type: ignore[arg-type]
+
+
+def _pairs_payload(result, depths: list[int]) -> dict:
+    """rho* per input pair (data mode) and its spread, per depth."""
+    diag = [e for e in result.optima if e[0] == e[1]]
+    off = [e for e in result.optima if e[0] != e[1]]
+    out: dict[str, object] = {"entries": [list(e) for e in result.optima],
+                              "rho_star": [[o.rho_star for o in result.optima[e]]
+                                           for e in result.optima]}
+    for label, entries in (("diagonal", diag), ("offdiagonal", off)):
+        spread = []
+        for i, _ in enumerate(depths):
+            values = np.array([result.optima[e][i].rho_star for e in entries
+                               if result.optima[e][i].rho_star is not None])
+            spread.append(None if values.size == 0 else {
+                "count": int(values.size), "missing": len(entries) - int(values.size),
+                "min": float(values.min()), "max": float(values.max()),
+                "mean": float(values.mean()), "std": float(values.std()),
+                "relative_spread": float((values.max() - values.min()) / values.mean())})
+        out[f"spread_{label}"] = spread
+    return out
+
+
+def _cmd_figures(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .figures import make_figures
+
+    summary = make_figures(Path(args.out), progress=True, quick=args.quick)
+    if args.json:
+        print(json.dumps(_jsonable(summary)))
+    else:
+        print(f"figures written to {args.out}/ (summary.json has the numbers)")
+    return 0
+
+
 def _cmd_build(args: argparse.Namespace) -> int:
     from . import build
 
@@ -189,6 +341,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tensor", action="store_true", help="add the full response tensor")
     p.add_argument("--layers", action="store_true", help="add K and chi for every layer")
     p.set_defaults(func=_cmd_kernel)
+
+    p = sub.add_parser("optimal-rho", help="rho* maximising chi_out per depth (ResNet)")
+    _add_network_flags(p, depth=False)
+    p.add_argument("--depths", default="10,50,100,200", help="comma-separated depths")
+    p.add_argument("--dps", default=None, help="refine the roots on the mpmath path")
+    p.add_argument("--data", default=None, help="X.npy (rows are inputs) instead of --K0")
+    p.add_argument("--sw2-in", default="1.0", help="input weight variance (with --data)")
+    p.add_argument("--sb2-in", default="0.0", help="input bias variance (with --data)")
+    p.add_argument("--no-continuum", action="store_true", help="skip the continuum limit")
+    p.set_defaults(func=_cmd_optimal_rho)
+
+    p = sub.add_parser("figures", help="optimal-rho figures as PNG (needs the plot extra)")
+    p.add_argument("--out", default="figures", help="directory for the PNG files")
+    p.add_argument("--quick", action="store_true", help="smaller grids (a smoke test)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=_cmd_figures)
 
     p = sub.add_parser("verify", help="generated float64 code against mpmath (30+ digits)")
     p.add_argument("--json", action="store_true")

@@ -13,7 +13,7 @@ from symfield import bench
 
 @pytest.fixture(scope="module")
 def result() -> dict:
-    return bench.run(repeats=1, progress=False, P=5, depth=10, n_rho=3)
+    return bench.run(repeats=1, progress=False, P=5, depth=10, n_rho=3, with_optimal=False)
 
 
 def test_structure(result: dict) -> None:
@@ -68,7 +68,7 @@ def test_format_table(result: dict) -> None:
 
 
 def test_progress_goes_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
-    bench.run(repeats=1, progress=True, P=3, depth=2, n_rho=2)
+    bench.run(repeats=1, progress=True, P=3, depth=2, n_rho=2, with_optimal=False)
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "bench:" in captured.err

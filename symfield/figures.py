@@ -1,0 +1,209 @@
+"""`symfield figures`: the optimal-rho figures as PNG (matplotlib, the `plot` extra).
+
+Every number drawn is computed here from the generated code (kernels,
+responses, d chi_out / d rho) and the continuum limit; a JSON summary next to
+the PNGs records the numbers a reader would quote (optima, exponents, spreads).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .activations import resolve
+from .kernel import load_module
+from .optimal import optimal_rho, optimal_rho_map
+from .spec import SpecError
+
+K0_DEFAULT = np.array([[0.05, 0.03], [0.03, 0.05]])
+SW2, SB2 = 1.25, 0.05
+DEPTHS = (10, 50, 100, 200)
+DIAG, OFF = (0, 0), (0, 1)
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SpecError("figures", "matplotlib",
+                        "needs matplotlib: pip install -e '.[plot]'") from None
+    return plt
+
+
+def _log(message: str, progress: bool) -> None:
+    if progress:
+        print(message, file=sys.stderr, flush=True)
+
+
+def kernel_and_response_vs_layer(out: Path, activation: str = "erf", depth: int = 100) -> dict:
+    """Fig. 3 analog: K^(l) and chi^(l) against l for rho in {1, 0.3, 0.1}."""
+    plt = _pyplot()
+    act = resolve(activation)
+    module = load_module(act)
+    rhos = np.array([1.0, 0.3, 0.1])
+    r = module.resnet(K0_DEFAULT, rho=rhos, sw2=SW2, sb2=SB2, depth=depth, layers=True,
+                      **act.param_values)
+    layers = np.arange(depth + 1)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for i, rho in enumerate(rhos):
+        for entry, style in ((DIAG, "-"), (OFF, "--")):
+            axes[0].plot(layers, r["K_layers"][:, i, entry[0], entry[1]], style, color=f"C{i}",
+                         label=f"rho={rho:g} " + ("K_aa" if entry == DIAG else "K_ab"))
+            axes[1].plot(layers, r["chi_layers"][:, i, entry[0], entry[1]], style,
+                         color=f"C{i}",
+                         label=f"rho={rho:g} " + ("chi_aa" if entry == DIAG else "chi_ab"))
+    axes[0].set(xlabel="layer l", ylabel="K^(l)", yscale="log", title=f"kernel ({activation})")
+    axes[1].set(xlabel="layer l", ylabel="chi^(l)", yscale="log", title="response")
+    for ax in axes:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / f"fig3_kernel_response_{activation}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return {"file": path.name}
+
+
+def chi_out_vs_rho(out: Path, activation: str = "erf", depths=DEPTHS) -> dict:
+    """Fig. 4 analog: chi_out against rho per depth, optima marked, rho*(L) inset."""
+    plt = _pyplot()
+    act = resolve(activation)
+    module = load_module(act)
+    result = optimal_rho(activation, SW2, SB2, K0_DEFAULT, list(depths))
+    continuum = _continuum(activation)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    summary: dict[str, object] = {"file": f"fig4_chi_out_vs_rho_{activation}.png"}
+    for ax, entry, label in ((axes[0], DIAG, "diagonal"), (axes[1], OFF, "offdiagonal")):
+        for i, depth in enumerate(depths):
+            rho = np.geomspace(0.02, 3.0, 200) / math.sqrt(depth) * math.sqrt(10)
+            r = module.resnet(K0_DEFAULT, rho=rho, sw2=SW2, sb2=SB2, depth=depth,
+                              **act.param_values)
+            ax.plot(rho, r["chi_out"][:, entry[0], entry[1]], color=f"C{i}", label=f"L={depth}")
+            optimum = result.optima[entry][i]
+            if optimum.rho_star is not None:
+                ax.plot(optimum.rho_star, optimum.chi_out_max, "o", color=f"C{i}")
+        ax.set(xscale="log", xlabel="rho", ylabel=f"chi_out ({label})",
+               title=f"{activation}: {label} response")
+        ax.legend(fontsize=8, loc="lower right" if entry == DIAG else "center right")
+        inset = ax.inset_axes([0.08, 0.5, 0.3, 0.36])
+        stars = [(d, o.rho_star) for d, o in zip(depths, result.optima[entry], strict=True)
+                 if o.rho_star is not None]
+        if stars:
+            inset.loglog(*zip(*stars, strict=True), "o", color="k", ms=3)
+        line = continuum.get(label)
+        if line is not None:
+            ls = np.geomspace(min(depths), max(depths), 50)
+            inset.loglog(ls, line * np.sqrt(1.0 / ls), "-", color="C3", lw=1)
+        inset.set_title("rho* vs L (line: continuum)", fontsize=7)
+        inset.tick_params(labelsize=6, which="both")
+        inset.yaxis.set_minor_formatter(plt.NullFormatter())
+        summary[label] = {"rho_star": [o.rho_star for o in result.optima[entry]],
+                          "reason": [o.reason for o in result.optima[entry]],
+                          "exponent": result.exponent(entry), "sqrt_tstar": line}
+    fig.tight_layout()
+    fig.savefig(out / str(summary["file"]), dpi=110)
+    plt.close(fig)
+    return summary
+
+
+def _continuum(activation: str) -> dict[str, float | None]:
+    from .continuum import continuum_optimum
+
+    values: dict[str, float | None] = {}
+    for label in ("diagonal", "offdiagonal"):
+        c = continuum_optimum(activation, SW2, SB2, K0_DEFAULT, response=label)
+        values[label] = None if c.sqrt_tstar is None else float(c.sqrt_tstar)
+    return values
+
+
+def hyperparameter_map(out: Path, activation: str = "erf", depth: int = 100,
+                       size: int = 50) -> dict:
+    """rho* sqrt(L) over a (sw2, sb2) grid at one depth, with its spread in numbers."""
+    plt = _pyplot()
+    sw2 = np.linspace(0.5, 3.0, size)
+    sb2 = np.linspace(0.0, 0.5, size)
+    grid_w, grid_b = np.meshgrid(sw2, sb2)
+    start = time.perf_counter()
+    optima = optimal_rho_map(activation, grid_w.ravel(), grid_b.ravel(), K0_DEFAULT, depth,
+                             [DIAG, OFF])
+    seconds = time.perf_counter() - start
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    summary: dict[str, object] = {"file": f"rho_star_map_{activation}_L{depth}.png",
+                                  "depth": depth, "grid": size * size, "seconds": seconds,
+                                  "sw2_range": [sw2[0], sw2[-1]], "sb2_range": [sb2[0], sb2[-1]]}
+    for ax, entry, label in ((axes[0], DIAG, "diagonal"), (axes[1], OFF, "offdiagonal")):
+        values = np.array([np.nan if o[entry].rho_star is None else o[entry].rho_star
+                           for o in optima]).reshape(size, size) * math.sqrt(depth)
+        mesh = ax.pcolormesh(sw2, sb2, values, shading="auto", cmap="viridis")
+        fig.colorbar(mesh, ax=ax, label="rho* sqrt(L)")
+        finite = values[np.isfinite(values)]
+        stats = {"min": float(finite.min()), "max": float(finite.max()),
+                 "mean": float(finite.mean()), "std": float(finite.std()),
+                 "relative_spread": float((finite.max() - finite.min()) / finite.mean()),
+                 "no_interior_maximum": int(np.sum(~np.isfinite(values)))} if finite.size else {}
+        summary[label] = stats
+        ax.set(xlabel="sigma_w^2", ylabel="sigma_b^2",
+               title=(f"{label}: rho* sqrt(L) in [{stats.get('min', 0):.3f}, "
+                      f"{stats.get('max', 0):.3f}], std {stats.get('std', 0):.3f}"))
+    fig.suptitle(f"{activation}, L = {depth}: optimal rho* sqrt(L) over (sw2, sb2) "
+                 "(white: no interior maximum)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / str(summary["file"]), dpi=110)
+    plt.close(fig)
+    return summary
+
+
+def rho_star_vs_depth(out: Path, activations=("erf", "relu", "tanh"),
+                      depths=(10, 20, 50, 100, 200, 500)) -> dict:
+    """rho* sqrt(L) against L at fixed (sw2, sb2) per activation (the 1/sqrt(L) law)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    summary: dict[str, object] = {"file": "rho_star_vs_depth.png", "depths": list(depths)}
+    for k, activation in enumerate(activations):
+        use = [d for d in depths if resolve(activation).family.name != "tanh" or d <= 50]
+        result = optimal_rho(activation, SW2, SB2, K0_DEFAULT, use)
+        summary[activation] = {}
+        for ax, entry, label in ((axes[0], DIAG, "diagonal"), (axes[1], OFF, "offdiagonal")):
+            pts = [(o.depth, o.rho_star * math.sqrt(o.depth)) for o in result.optima[entry]
+                   if o.rho_star is not None]
+            if pts:
+                ax.semilogx(*zip(*pts, strict=True), "o-", color=f"C{k}", label=activation)
+            summary[activation][label] = {
+                "depths": use, "rho_star": result.rho_star(entry),
+                "exponent": result.exponent(entry),
+                "reason": [o.reason for o in result.optima[entry] if o.reason][:1]}
+    for ax, label in ((axes[0], "diagonal"), (axes[1], "offdiagonal")):
+        ax.set(xlabel="depth L", ylabel="rho* sqrt(L)", title=f"{label} response")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "rho_star_vs_depth.png", dpi=110)
+    plt.close(fig)
+    return summary
+
+
+def make_figures(out: Path, progress: bool = True, quick: bool = False) -> dict:
+    """All figures into ``out``; returns (and writes) the JSON summary."""
+    out.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, object] = {}
+    steps = [
+        ("fig3", lambda: kernel_and_response_vs_layer(out)),
+        ("fig4_erf", lambda: chi_out_vs_rho(out, "erf")),
+        ("fig4_relu", lambda: chi_out_vs_rho(out, "relu")),
+        ("map_erf", lambda: hyperparameter_map(out, "erf", size=12 if quick else 50)),
+        ("depth", lambda: rho_star_vs_depth(out, depths=(10, 50) if quick else
+                                            (10, 20, 50, 100, 200, 500))),
+    ]
+    for name, step in steps:
+        start = time.perf_counter()
+        _log(f"figures: {name} ...", progress)
+        summary[name] = step()
+        _log(f"figures: {name} done in {time.perf_counter() - start:.1f}s", progress)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
+    return summary

@@ -1,0 +1,607 @@
+"""High-precision reference path: the leading-order propagation in mpmath.
+
+Two pieces:
+
+* :func:`mp_expectations` gives the Gaussian moments of an activation as
+  mpmath callables: lambdified closed forms for families SymPy could close
+  (kind ``exact``), or Gauss-Legendre quadrature over the standard normal for
+  the others (kind ``quadrature``), with the pair in Cholesky form
+  ``u_a = sqrt(qa) z1``, ``u_b = sqrt(qb) (c z1 + sqrt(1-c^2) z2)``.
+* :func:`propagate_mp` substitutes them into the derived layer map and its
+  Jacobian (:mod:`symfield.saddle`, :mod:`symfield.response`) and loops over
+  the layers, as the generated numpy code does, at ``dps`` digits.
+
+Precision: everything runs inside ``mpmath.workprec`` at ``dps`` digits, or at
+the ambient precision when that is higher (so ``mp.diff`` through these
+functions works); the global precision is restored on exit.
+
+Quadrature rule (why not nested adaptive ``mp.quad``): a nested tanh-sinh
+``mp.quad`` needs about 10^6 integrand calls, ~50 s, per pair value at 30
+digits. Here the line is truncated at ``|z| <= W`` (Gaussian tail below
+10^-(dps+6)), cut at the breaks (0, and where ``u_b = 0`` if phi is kinked or
+steep there), and covered by Gauss-Legendre panels graded by factors of two
+away from each break; a panel gets 0.8 nodes per digit its values need and is
+evaluated at that precision (fewer digits where the density has decayed). One
+pass gives G, G_k, G_qa, G_qb together: about 2-5 s at 30 digits. Measured
+against the closed forms (``tests/test_mp_reference.py``): relative errors
+1e-22 to 1e-28 at 30 digits; the diagonal (1-D) takes milliseconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import mpmath
+import sympy as sp
+from mpmath import mp
+
+from ..action import BETA, GAMMA, PROCESSES, RHO, SB2, SB2_OUT, SW2, SW2_OUT
+from ..activations import Activation, derive, resolve
+from ..gaussian import KAA, KAB, KBB, Q, X
+from ..ir import MOMENTS, moment_symbols
+from ..response import derive_response_map
+from ..saddle import derive_layer_map
+from ..spec import NetworkSpec, check_kernel
+
+Mpf = mpmath.mpf
+Matrix = list[list[Mpf]]
+PairFn = Callable[[object, object, object], Mpf]
+DiagFn = Callable[[object], Mpf]
+
+
+# -- precision --------------------------------------------------------------------------
+@contextlib.contextmanager
+def working_precision(dps: int) -> Iterator[None]:
+    """At least ``dps`` digits (keeps a higher ambient precision); restores it on exit."""
+    with mp.workprec(max(mp.prec, mpmath.libmp.dps_to_prec(int(dps)))):
+        yield
+
+
+def to_mpf(value: object) -> Mpf:
+    """A number as mpf; Python/numpy floats are read as their shortest decimal (0.1 -> 1/10)."""
+    if isinstance(value, mpmath.mpf):
+        return +value
+    if isinstance(value, float) or type(value).__name__.startswith("float"):
+        return mp.mpf(repr(float(value)))  # type: ignore[arg-type]
+    return mp.mpf(value)  # type: ignore[arg-type]
+
+
+def exact_param(value: float) -> sp.Rational:
+    """A family parameter as the decimal it is written as (leaky_relu:0.2 -> 1/5)."""
+    return sp.Rational(repr(float(value)))
+
+
+# -- quadrature rules --------------------------------------------------------------------
+#: Gauss-Legendre nodes per panel per digit needed, the width of the panels next
+#: to z = 0 (the density's centre), and the first panel width next to a steep or
+#: kinked point in units of the integrand's scale there.
+NODES_PER_DIGIT = 0.8
+CENTRE_PANEL = 4
+STEEP_PANEL = 1
+
+
+@dataclass(frozen=True)
+class Panel:
+    """Gauss-Legendre nodes of one panel and the precision (bits) its values need."""
+
+    prec: int
+    nodes: tuple[Mpf, ...]
+    weights: tuple[Mpf, ...]
+
+
+@functools.lru_cache(maxsize=512)
+def _legendre(n: int, prec: int) -> tuple[tuple[Mpf, ...], tuple[Mpf, ...]]:
+    """Gauss-Legendre nodes and weights on [-1, 1] by Newton's method on P_n."""
+    nodes: list[Mpf] = []
+    weights: list[Mpf] = []
+    with mp.workprec(prec + 20):
+        tol = mp.ldexp(1, -prec - 10)
+        for i in range(1, n // 2 + 1):
+            x = mp.cos(mp.pi * (i - mp.mpf(0.25)) / (n + mp.mpf(0.5)))
+            for _ in range(100):
+                p0, p1 = mp.one, x  # P_{k-1}, P_k by the three-term recurrence
+                for k in range(2, n + 1):
+                    p0, p1 = p1, ((2 * k - 1) * x * p1 - (k - 1) * p0) / k
+                dp = n * (x * p1 - p0) / (x * x - 1)
+                step = p1 / dp
+                x -= step
+                if abs(step) < tol:
+                    break
+            weight = 2 / ((1 - x * x) * dp * dp)
+            nodes += [x, -x]
+            weights += [weight, weight]
+        if n % 2:
+            p0, p1 = mp.one, mp.zero  # P_n'(0) for odd n via the recurrence at x = 0
+            for k in range(2, n + 1):
+                p0, p1 = p1, (-(k - 1) * p0) / k
+            dp = n * p0
+            nodes.append(mp.zero)
+            weights.append(2 / (dp * dp))
+    with mp.workprec(prec):
+        return tuple(+x for x in nodes), tuple(+w for w in weights)
+
+
+def half_width(dps: float) -> Mpf:
+    """Truncation |z| <= W with exp(-W^2/2) < 10^-(dps+6)."""
+    return mp.sqrt(2 * mp.log(10) * (dps + 6))
+
+
+def digits_at(distance: Mpf, dps: float) -> float:
+    """Digits integrand values need at |z| = distance (the density has decayed there)."""
+    d = float(distance)
+    return max(8.0, dps + 2 - d * d / (2 * math.log(10)) + 2 * math.log10(1 + d))
+
+
+def _graded_edges(a: Mpf, b: Mpf, delta_a: Mpf | None, delta_b: Mpf | None) -> list[Mpf]:
+    """Panel edges on [a, b], graded by factors of 2 away from an end with a delta."""
+    if delta_a is not None and delta_b is not None:
+        mid = (a + b) / 2
+        return _graded_edges(a, mid, delta_a, None)[:-1] + _graded_edges(mid, b, None, delta_b)
+    if delta_a is None and delta_b is None:
+        return [a, b]
+    if delta_a is None:
+        return [a + b - e for e in reversed(_graded_edges(a, b, delta_b, None))]
+    edges, step = [a], delta_a
+    assert step > 0
+    while a + step < b - step / 4:
+        edges.append(a + step)
+        step *= 2
+    return edges + [b]
+
+
+def gaussian_panels(breaks: Sequence[tuple[Mpf, Mpf]], density: bool = True) -> list[Panel]:
+    """Panels covering |z| <= W for E[f(Z)], Z ~ N(0, 1), f smooth between the breaks.
+
+    ``breaks`` are (point, delta) pairs: panels start at width ``delta`` next to
+    the point and double away from it (0 is always a break). Each panel has
+    ``NODES_PER_DIGIT`` nodes per digit its values need (:func:`digits_at`, from
+    the current precision) and carries that precision. ``density=False`` leaves
+    the N(0,1) density out of the weights (plain dz weights, for callers that
+    write the density themselves).
+    """
+    dps = mp.dps
+    width = half_width(dps)
+    cuts = {p: d for p, d in breaks if -width < p < width}
+    cuts.setdefault(mp.zero, mp.mpf(CENTRE_PANEL))
+    points = [(-width, None), *sorted(cuts.items()), (width, None)]
+    norm = 1 / mp.sqrt(2 * mp.pi)
+    panels = []
+    for (a, da), (b, db) in itertools.pairwise(points):
+        for left, right in itertools.pairwise(_graded_edges(a, b, da, db)):
+            distance = mp.zero if left < 0 < right else min(abs(left), abs(right))
+            digits = digits_at(distance, dps)
+            prec = min(mp.prec, mpmath.libmp.dps_to_prec(math.ceil(digits)))
+            xs, ws = _legendre(max(6, math.ceil(NODES_PER_DIGIT * digits)), prec)
+            half, centre = (right - left) / 2, (right + left) / 2
+            nodes = tuple(centre + half * x for x in xs)
+            weights = tuple(half * w for w in ws)
+            if density:
+                weights = tuple(w * norm * mp.exp(-z * z / 2)
+                                for z, w in zip(nodes, weights, strict=True))
+            panels.append(Panel(prec, nodes, weights))
+    return panels
+
+
+@functools.lru_cache(maxsize=64)
+def _plain_panels(prec: int) -> list[Panel]:
+    with mp.workprec(prec):
+        return gaussian_panels([])
+
+
+def steep_delta(scale: Mpf) -> Mpf:
+    """First panel width next to a break where the integrand varies on ``scale`` (> 0)."""
+    if not scale > 0:
+        raise ValueError(f"panel scale must be positive, got {scale}")
+    return min(mp.mpf(CENTRE_PANEL), STEEP_PANEL * scale)
+
+
+# -- Gaussian moments -------------------------------------------------------------------
+#: Functions whose presence makes phi piecewise (breaks needed at its kinks).
+_PIECEWISE = (sp.Heaviside, sp.DiracDelta, sp.Abs, sp.sign, sp.Piecewise, sp.Max, sp.Min)
+
+
+@dataclass(frozen=True)
+class PhiFunctions:
+    """phi and its derivatives: ``values(u) -> (phi, phi', phi'')`` as mpf.
+
+    ``price`` is False when phi'' is distributional (then the third value is
+    0 and callers use integration by parts); ``smooth`` is False for
+    piecewise phi (then quadrature breaks sit at its kinks, u = 0). ``scale``
+    sets the first panel width next to a break.
+    """
+
+    values: Callable[[Mpf], tuple[Mpf, Mpf, Mpf]]
+    price: bool
+    smooth: bool
+    scale: Mpf = mpmath.mpf(1)  # u-scale of phi's variation; inf if piecewise polynomial
+
+
+def phi_functions(activation: Activation) -> PhiFunctions:
+    """Lambdify phi, phi', phi'' with common subexpressions (parameters exact)."""
+    values = _param_subs(activation)
+    phis = [sp.sympify(p).subs(values) for p in derive(activation.family).phi_derivatives]
+    if phis[1].has(sp.DiracDelta):
+        raise ValueError(f"{activation.label}: phi' is distributional; "
+                         "quadrature needs phi' to be a function")
+    price = not phis[2].has(sp.DiracDelta)
+    smooth = not any(p.has(*_PIECEWISE) for p in phis)
+    exprs = phis if price else [phis[0], phis[1], sp.Integer(0)]
+    fn = sp.lambdify(X, tuple(exprs), modules="mpmath", cse=True)
+    return PhiFunctions(fn, price, smooth, mpmath.inf if _piecewise_polynomial(phis[0])
+                        else mpmath.mpf(1))
+
+
+def _piecewise_polynomial(phi: sp.Expr) -> bool:
+    """phi is a polynomial on each side of 0 (ReLU family, the identity)."""
+    sides = [phi.subs({sp.Heaviside(X): h, sp.Abs(X): sign * X, sp.sign(X): sign})
+             for h, sign in ((0, -1), (1, 1))]
+    return all(side.is_polynomial(X) for side in sides)
+
+
+def _param_subs(activation: Activation) -> dict[sp.Symbol, sp.Expr]:
+    named = activation.param_values
+    return {p: exact_param(named[p.name]) for p in activation.family.params}
+
+
+def diag_quadrature(phi: PhiFunctions, q: object) -> tuple[Mpf, Mpf]:
+    """(G_d, G_d_q) at variance q: E[phi^2] and E[phi'^2 + phi phi''] at u = sqrt(q) z.
+
+    With a distributional phi'' the derivative is E[u phi phi'] / q (Stein).
+    """
+    q = to_mpf(q)
+    root = mp.sqrt(q)
+    value = slope = mp.zero
+    for panel in gaussian_panels([(mp.zero, steep_delta(phi.scale / root))]):
+        with mp.workprec(panel.prec):  # partial sums at the panel's precision
+            part0 = part1 = mp.zero
+            for z, w in zip(panel.nodes, panel.weights, strict=True):
+                u = root * z
+                f0, f1, f2 = phi.values(u)
+                part0 += w * f0 * f0
+                part1 += w * (f1 * f1 + f0 * f2) if phi.price else w * u * f0 * f1
+        value, slope = value + part0, slope + part1
+    return value, (slope if phi.price else slope / q)
+
+
+def pair_quadrature(phi: PhiFunctions, qa: object, qb: object, k: object
+                    ) -> tuple[Mpf, Mpf, Mpf, Mpf]:
+    """(G, G_k, G_qa, G_qb) by 2-D quadrature in Cholesky form.
+
+    G_k = E[phi'(u_a) phi'(u_b)], G_qa = E[phi''(u_a) phi(u_b)] / 2 (Price); with a
+    distributional phi'' G_qa = (E[u_a phi'(u_a) phi(u_b)] - K_ab G_k) / (2 K_aa)
+    (integration by parts). At |c| = 1 the integral is one-dimensional.
+    """
+    qa, qb, k = to_mpf(qa), to_mpf(qb), to_mpf(k)
+    ra, rb = mp.sqrt(qa), mp.sqrt(qb)
+    c = max(-mp.one, min(mp.one, k / (ra * rb)))
+    if 1 - c * c < mp.ldexp(1, 8 - mp.prec):  # |c| = 1 up to rounding: one dimension
+        c = mp.sign(c)
+    s = mp.sqrt(1 - c * c)
+    # phi(u_a) varies on phi.scale / ra; the inner integral smooths phi's kink over s / c
+    outer_scale = min(phi.scale / ra, s / abs(c)) if c and s else phi.scale / ra
+    # phi(u_b) is steep or kinked where u_b = 0, i.e. at z2 = -c z1 / s
+    inner_delta = steep_delta(phi.scale / (rb * s)) if s else mp.one
+    moving_break = bool(s) and (not phi.smooth or inner_delta < CENTRE_PANEL)
+    dps = mp.dps
+    # sums: G, G_k, E[phi'' phi], E[phi phi''] (Price) or E[u_a phi' phi], E[phi u_b phi']
+    sums = [mp.zero] * 4
+    for panel in gaussian_panels([(mp.zero, steep_delta(outer_scale))]):
+        with mp.workprec(panel.prec):
+            outer = [(z1, w1, ra * z1, phi.values(ra * z1))
+                     for z1, w1 in zip(panel.nodes, panel.weights, strict=True)]
+        for z1, w1, ua, (a0, a1, a2) in outer:
+            # the inner integral needs as many digits as the outer weight leaves
+            with mp.workdps(round(digits_at(abs(z1), dps) - 2)):
+                if not s:
+                    inner = [Panel(mp.prec, (mp.zero,), (mp.one,))]
+                elif moving_break:
+                    inner = gaussian_panels([(-c * z1 / s, inner_delta)])
+                else:
+                    inner = _plain_panels(mp.prec)
+            b0, b1, b2 = _inner_sums(phi, inner, rb * c * z1, rb * s)
+            sums[0] += w1 * a0 * b0
+            sums[1] += w1 * a1 * b1
+            sums[2] += w1 * (a2 if phi.price else ua * a1) * b0
+            sums[3] += w1 * a0 * b2
+    g, g_k = sums[0], sums[1]
+    if phi.price:
+        return g, g_k, sums[2] / 2, sums[3] / 2
+    return g, g_k, (sums[2] - k * g_k) / (2 * qa), (sums[3] - k * g_k) / (2 * qb)
+
+
+def _inner_sums(phi: PhiFunctions, panels: list[Panel], mean: Mpf, scale: Mpf
+                ) -> tuple[Mpf, Mpf, Mpf]:
+    """E[phi(u)], E[phi'(u)] and E[phi''(u)] (or E[u phi'(u)]) at u = mean + scale z."""
+    sums = [mp.zero] * 3
+    for panel in panels:
+        with mp.workprec(panel.prec):  # partial sums at the panel's precision
+            b0 = b1 = b2 = mp.zero
+            for z, w in zip(panel.nodes, panel.weights, strict=True):
+                u = mean + scale * z
+                f0, f1, f2 = phi.values(u)
+                b0 += w * f0
+                b1 += w * f1
+                b2 += w * f2 if phi.price else w * u * f1
+        sums = [sums[0] + b0, sums[1] + b1, sums[2] + b2]
+    return sums[0], sums[1], sums[2]
+
+
+@dataclass(frozen=True)
+class MpExpectations:
+    """Gaussian moments of one activation as mpmath callables.
+
+    Pair functions take (K_aa, K_bb, K_ab), diagonal ones q; they accept
+    numbers, strings or mpf and return mpf at ``dps`` digits (or the ambient
+    precision if higher). ``kind`` is ``exact`` or ``quadrature``.
+    """
+
+    label: str
+    dps: int
+    kind: str
+    G: PairFn
+    G_k: PairFn
+    G_qa: PairFn
+    G_qb: PairFn
+    G_d: DiagFn
+    G_d_q: DiagFn
+
+    def pair(self, kaa: object, kbb: object, kab: object) -> tuple[Mpf, Mpf, Mpf, Mpf]:
+        """(G, G_k, G_qa, G_qb) at one point."""
+        return tuple(f(kaa, kbb, kab) for f in (self.G, self.G_k, self.G_qa, self.G_qb))
+
+    def diag(self, q: object) -> tuple[Mpf, Mpf]:
+        """(G_d, G_d_q) at one variance."""
+        return self.G_d(q), self.G_d_q(q)
+
+
+def mp_expectations(activation: Activation | str, dps: int = 30,
+                    kind: str | None = None) -> MpExpectations:
+    """Moments of ``activation`` at ``dps`` digits (cached per label, dps and kind).
+
+    ``kind="quadrature"`` forces quadrature for a family with closed forms
+    (to check one path against the other).
+    """
+    act = resolve(activation) if isinstance(activation, str) else activation
+    derived = derive(act.family).kind
+    if kind not in (None, "exact", "quadrature") or (kind == "exact" and derived != "exact"):
+        raise ValueError(f"kind={kind!r}: allowed None, 'quadrature'"
+                         + (", 'exact'" if derived == "exact" else ""))
+    return _expectations(act.label or repr(act), int(dps), kind or derived, act)
+
+
+@functools.lru_cache(maxsize=64)
+def _expectations(label: str, dps: int, kind: str, act: Activation) -> MpExpectations:
+    del label  # part of the cache key
+    if kind == "exact":
+        return _exact(act, dps)
+    return _quadrature(act, dps)
+
+
+def _real(value: object) -> Mpf:
+    """Real part of a result whose argument sat on |c| = 1 within rounding."""
+    return value.real if isinstance(value, mpmath.mpc) else value  # type: ignore[return-value]
+
+
+def _exact(act: Activation, dps: int) -> MpExpectations:
+    derived = derive(act.family)
+    subs = _param_subs(act)
+    assert derived.pair is not None and derived.diag is not None
+    pair_exprs = {"G": derived.pair, **derived.pair_partials()}
+    # factor: cancels removable 0/0 at |c| = 1 (ReLU: (K_aa K_bb - K_ab^2) / sqrt(...))
+    pair_fns = {name: sp.lambdify((KAA, KBB, KAB), sp.factor(e.subs(subs)), modules="mpmath")
+                for name, e in pair_exprs.items()}
+    diag_fns = {name: sp.lambdify(Q, sp.factor(e.subs(subs)), modules="mpmath")
+                for name, e in (("G_d", derived.diag), ("G_d_q", derived.diag_derivative()))}
+
+    def pair_fn(fn: Callable[..., object]) -> PairFn:
+        def call(kaa: object, kbb: object, kab: object) -> Mpf:
+            with working_precision(dps):
+                qa, qb, k = to_mpf(kaa), to_mpf(kbb), to_mpf(kab)
+                bound = mp.sqrt(qa * qb)
+                return _real(fn(qa, qb, max(-bound, min(bound, k))))
+        return call
+
+    def diag_fn(fn: Callable[..., object]) -> DiagFn:
+        def call(q: object) -> Mpf:
+            with working_precision(dps):
+                return _real(fn(to_mpf(q)))
+        return call
+
+    return MpExpectations(act.label, dps, "exact", *(pair_fn(pair_fns[n]) for n in
+                                                     ("G", "G_k", "G_qa", "G_qb")),
+                          diag_fn(diag_fns["G_d"]), diag_fn(diag_fns["G_d_q"]))
+
+
+def _quadrature(act: Activation, dps: int) -> MpExpectations:
+    phi = phi_functions(act)
+
+    @functools.lru_cache(maxsize=256)
+    def pair_at(prec: int, kaa: Mpf, kbb: Mpf, kab: Mpf) -> tuple[Mpf, Mpf, Mpf, Mpf]:
+        return pair_quadrature(phi, kaa, kbb, kab)
+
+    @functools.lru_cache(maxsize=256)
+    def diag_at(prec: int, q: Mpf) -> tuple[Mpf, Mpf]:
+        return diag_quadrature(phi, q)
+
+    def pair_fn(index: int) -> PairFn:
+        def call(kaa: object, kbb: object, kab: object) -> Mpf:
+            with working_precision(dps):
+                return pair_at(mp.prec, to_mpf(kaa), to_mpf(kbb), to_mpf(kab))[index]
+        return call
+
+    def diag_fn(index: int) -> DiagFn:
+        def call(q: object) -> Mpf:
+            with working_precision(dps):
+                return diag_at(mp.prec, to_mpf(q))[index]
+        return call
+
+    return MpExpectations(act.label, dps, "quadrature", *(pair_fn(i) for i in range(4)),
+                          diag_fn(0), diag_fn(1))
+
+
+# -- propagation ------------------------------------------------------------------------
+#: Parameter symbols of the layer maps (after gamma, beta -> the net's process).
+_PARAMS = {"sw2": SW2, "sb2": SB2, "sw2_out": SW2_OUT, "sb2_out": SB2_OUT, "rho": RHO}
+_ENTRIES = ("q_new", "k_new", "J_q", "J_k", "J_qa", "J_qb",
+            "out_q", "out_k", "R_q", "R_k", "R_qa", "R_qb")
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    fn: Callable[..., Mpf]
+    args: tuple[str, ...]
+
+    def __call__(self, env: dict[str, Mpf]) -> Mpf:
+        return self.fn(*(env[a] for a in self.args))
+
+
+@functools.lru_cache(maxsize=4)
+def compiled_maps(net: str) -> dict[str, _Compiled]:
+    """The derived layer/readout maps and Jacobians of ``net``, lambdified for mpmath."""
+    layer, response = derive_layer_map(), derive_response_map()
+    process = PROCESSES[net]
+    raw = {
+        "q_new": layer.diag, "k_new": layer.pair,
+        "J_q": response.diag_q, "J_k": response.pair_k,
+        "J_qa": response.pair_qa, "J_qb": response.pair_qb,
+        "out_q": layer.readout_diag, "out_k": layer.readout_pair,
+        "R_q": response.readout_diag_q, "R_k": response.readout_pair_k,
+        "R_qa": response.readout_pair_qa, "R_qb": response.readout_pair_qb,
+    }
+    named = {"K_aa": KAA, "K_bb": KBB, "K_ab": KAB, "q": Q,
+             **{n: s for n, s in MOMENTS.items()}, **_PARAMS}
+    by_symbol = {s: n for n, s in named.items()}
+    out = {}
+    for key, expr in raw.items():
+        expr = moment_symbols(expr).subs({GAMMA: process.gamma, BETA: process.beta})
+        unknown = expr.free_symbols - set(by_symbol)
+        if unknown or expr.has(sp.Derivative, sp.core.function.AppliedUndef):
+            raise ValueError(f"{key}: cannot evaluate {expr} (free {sorted(map(str, unknown))})")
+        symbols = sorted(expr.free_symbols, key=lambda s: by_symbol[s])
+        out[key] = _Compiled(sp.lambdify(symbols, expr, modules="mpmath"),
+                             tuple(by_symbol[s] for s in symbols))
+    return out
+
+
+def _kernel_entries(K0: object) -> Matrix:
+    """K0 (numbers, strings, mpf; nested lists, numpy array or mpmath matrix) as mpf rows."""
+    rows = K0.tolist() if hasattr(K0, "tolist") else K0  # type: ignore[union-attr]
+    if not isinstance(rows, (list, tuple)):
+        rows = [[rows]]
+    rows = [list(r) if isinstance(r, (list, tuple)) else [r] for r in rows]
+    try:
+        as_float = [[float(to_mpf(v)) for v in row] for row in rows]
+    except (TypeError, ValueError):
+        as_float = rows  # let check_kernel name the problem
+    check_kernel("K0", as_float)
+    size = len(rows)
+    return [[to_mpf(rows[min(a, b)][max(a, b)]) for b in range(size)] for a in range(size)]
+
+
+def propagate_mp(spec: NetworkSpec, K0: object, dps: int = 30, tensor: bool = False,
+                 layers: bool = False) -> dict[str, list]:
+    """K^(L), K_out, chi, chi_out of ``spec`` from ``K0`` at ``dps`` digits.
+
+    Returns nested lists of mpf: ``K``, ``K_out``, ``chi`` and ``chi_out`` are
+    P x P (``chi`` holds dK^(L)_aa/dK^(0)_aa on the diagonal and dK^(L)_ab/dK^(0)_ab
+    off it; ``chi_out`` the same for K_out). With ``tensor`` also
+    ``response_tensor`` and ``response_tensor_out``, P x P x P x P,
+    dK_ab/dK0_cd with (c,d) and (d,c) moved together; with ``layers``
+    ``K_layers`` and ``chi_layers``, lists over l = 0..L. Floats in ``spec``
+    and ``K0`` are read as their shortest decimal (0.1 means 1/10).
+    """
+    maps = compiled_maps(spec.net)
+    moments = mp_expectations(resolve(spec.activation), dps)
+    with working_precision(dps):
+        K = _kernel_entries(K0)
+        size = len(K)
+        pairs = [(a, b) for a in range(size) for b in range(a + 1, size)]
+        env: dict[str, Mpf] = {name: to_mpf(getattr(spec, name) or 0) for name in _PARAMS}
+        chi = [[mp.one] * size for _ in range(size)]
+        mix = {(a, b): [mp.zero, mp.zero] for a, b in pairs}  # dK_ab/dK0_aa, dK_ab/dK0_bb
+        history_K, history_chi = [_copy(K)], [_copy(chi)]
+        for _ in range(spec.depth):
+            new = _copy(K)
+            chi_diag = [chi[a][a] for a in range(size)]  # chi^(l-1)_aa
+            for a in range(size):
+                env["q"] = K[a][a]
+                env["G_d"], env["G_d_q"] = moments.diag(K[a][a])
+                new[a][a] = maps["q_new"](env)
+                chi[a][a] *= maps["J_q"](env)
+            for a, b in pairs:
+                _pair_env(env, moments, K, a, b, tensor)
+                new[a][b] = new[b][a] = maps["k_new"](env)
+                j_k = maps["J_k"](env)
+                chi[a][b] = chi[b][a] = chi[a][b] * j_k
+                if tensor:  # X^(l) = J_k X^(l-1) + J_qa chi^(l-1)_aa
+                    x = mix[(a, b)]
+                    x[0] = j_k * x[0] + maps["J_qa"](env) * chi_diag[a]
+                    x[1] = j_k * x[1] + maps["J_qb"](env) * chi_diag[b]
+            K = new
+            if layers:
+                history_K.append(_copy(K))
+                history_chi.append(_copy(chi))
+        result: dict[str, list] = {"K": K, "chi": chi}
+        result.update(_readout(maps, moments, env, K, chi, mix, pairs, tensor))
+        if tensor:
+            result["response_tensor"] = _tensor(chi, mix, size)
+        if layers:
+            result["K_layers"], result["chi_layers"] = history_K, history_chi
+    return result
+
+
+def _copy(matrix: Matrix) -> Matrix:
+    return [list(row) for row in matrix]
+
+
+def _pair_env(env: dict[str, Mpf], moments: MpExpectations, K: Matrix, a: int, b: int,
+              tensor: bool) -> None:
+    """Fill the pair moments of (a, b) into ``env`` (G_qa, G_qb only when needed)."""
+    kaa, kbb, kab = K[a][a], K[b][b], K[a][b]
+    env["K_aa"], env["K_bb"], env["K_ab"] = kaa, kbb, kab
+    env["G"], env["G_k"] = moments.G(kaa, kbb, kab), moments.G_k(kaa, kbb, kab)
+    if tensor:
+        env["G_qa"], env["G_qb"] = moments.G_qa(kaa, kbb, kab), moments.G_qb(kaa, kbb, kab)
+
+
+def _readout(maps: dict[str, _Compiled], moments: MpExpectations, env: dict[str, Mpf],
+             K: Matrix, chi: Matrix, mix: dict[tuple[int, int], list[Mpf]],
+             pairs: list[tuple[int, int]], tensor: bool) -> dict[str, list]:
+    size = len(K)
+    out, chi_out = _copy(K), _copy(chi)
+    mix_out = {}
+    for a in range(size):
+        env["q"] = K[a][a]
+        env["G_d"], env["G_d_q"] = moments.diag(K[a][a])
+        out[a][a] = maps["out_q"](env)
+        chi_out[a][a] = maps["R_q"](env) * chi[a][a]
+    for a, b in pairs:
+        _pair_env(env, moments, K, a, b, tensor)
+        out[a][b] = out[b][a] = maps["out_k"](env)
+        r_k = maps["R_k"](env)
+        chi_out[a][b] = chi_out[b][a] = r_k * chi[a][b]
+        if tensor:
+            x = mix[(a, b)]
+            mix_out[(a, b)] = [r_k * x[0] + maps["R_qa"](env) * chi[a][a],
+                               r_k * x[1] + maps["R_qb"](env) * chi[b][b]]
+    result: dict[str, list] = {"K_out": out, "chi_out": chi_out}
+    if tensor:
+        result["response_tensor_out"] = _tensor(chi_out, mix_out, size)
+    return result
+
+
+def _tensor(chi: Matrix, mix: dict[tuple[int, int], list[Mpf]], size: int) -> list:
+    """dK_ab/dK0_cd, (c,d) and (d,c) moved together, as nested lists [a][b][c][d]."""
+    T = [[[[mp.zero] * size for _ in range(size)] for _ in range(size)] for _ in range(size)]
+    for a in range(size):
+        T[a][a][a][a] = chi[a][a]
+    for (a, b), (xa, xb) in mix.items():
+        for i, j in ((a, b), (b, a)):
+            T[i][j][a][b] = T[i][j][b][a] = chi[a][b]
+            T[i][j][a][a], T[i][j][b][b] = xa, xb
+    return T
