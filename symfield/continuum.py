@@ -22,6 +22,7 @@ trajectory is integrated with a Gragg-Bulirsch-Stoer extrapolation method
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import math
@@ -371,6 +372,16 @@ def _gbs_step(f: Rhs, y: Vector, H: Mpf, tol: Mpf, kmax: int = 14
     return None, kmax, mp.inf
 
 
+def _step_factor(columns: int, err: Mpf, tol: Mpf) -> Mpf:
+    """Next step / this step: move towards TARGET_COLUMNS, then hold the error at tol / 10."""
+    if columns < TARGET_COLUMNS - 1:
+        return mpmath.mpf("1.5")
+    if columns > TARGET_COLUMNS + 1:
+        return mpmath.mpf("0.7")
+    ratio = (tol / 10 / max(err, mp.eps**2)) ** (mpmath.mpf(1) / (2 * columns - 1))
+    return min(mpmath.mpf(3), max(mpmath.mpf("0.5"), ratio))  # err ~ H^(2j - 1)
+
+
 @dataclass
 class _Flow:
     """Adaptive GBS integration of an autonomous ODE, with a suggested next step."""
@@ -387,21 +398,15 @@ class _Flow:
             new, columns, err = _gbs_step(self.f, y, size, self.tol)
             if new is not None:
                 if size == min(self.h, self.h_max):  # a truncated step says nothing
-                    # err ~ H^(2j - 1) at column j: aim at 0.1 tol at the same column,
-                    # and push towards TARGET_COLUMNS (higher order, longer steps)
-                    ratio = (self.tol / 10 / max(err, mp.eps**2)) ** (
-                        mpmath.mpf(1) / (2 * columns - 1))
-                    push = (mpmath.mpf("1.5") if columns < TARGET_COLUMNS - 1 else
-                            mpmath.mpf("0.7") if columns > TARGET_COLUMNS + 1 else 1)
-                    self.h = size * push * min(mpmath.mpf(3), max(mpmath.mpf("0.5"), ratio))
+                    self.h = size * _step_factor(columns, err, self.tol)
                 return size, new
             self.h = size / 2
             if self.h < mp.eps ** mpmath.mpf(0.25):
                 raise ArithmeticError("ODE step size underflow (stiff or singular flow)")
 
     def advance(self, y: Vector, duration: Mpf) -> Vector:
-        """y after ``duration`` (fresh step control, so results do not depend on history)."""
-        flow = _Flow(self.f, self.tol, h_max=self.h_max)
+        """y after ``duration``, starting from the current step (this flow is not advanced)."""
+        flow = _Flow(self.f, self.tol, self.h, self.h_max)
         left = duration
         while left > mp.eps * (1 + duration):
             size, y = flow.step(y, left)
@@ -417,7 +422,7 @@ class ContinuumOptimum:
     ``K_star`` is q* (diagonal) or (K_aa, K_bb, K_ab) at t* (off-diagonal);
     ``None`` fields and a ``reason`` when no interior maximum exists.
     ``chi_out`` is the continuum chi_out(t*) (times sw2_out); ``residual`` the
-    stationarity condition at the optimum.
+    stationarity condition at the optimum; ``dps`` the digits the numbers carry.
     """
 
     response: str
@@ -428,12 +433,14 @@ class ContinuumOptimum:
     reason: str
     chi_out: Mpf | None = None
     residual: Mpf | None = None
+    dps: int = 15
 
     def rho_star(self, depth: int) -> Mpf | None:
         """rho*(L) = sqrt(t*/L) (None without an interior optimum)."""
         if self.t_star is None:
             return None
-        return mp.sqrt(self.t_star / check_depth("depth", depth))
+        with mp.workdps(self.dps + 5):
+            return mp.sqrt(self.t_star / check_depth("depth", depth))
 
 
 @dataclass(frozen=True)
@@ -506,8 +513,10 @@ def continuum_optimum(activation: str | Activation, sw2: float, sb2: float, K0: 
     with mp.workdps(dps + 5):
         problem = _problem(activation, sw2, sb2, K0, response, sw2_out, dps + 5)
         if response == "diagonal":
-            return _diagonal(problem)
-        return _offdiagonal(problem, _mpf(t_max))
+            result = _diagonal(problem)
+        else:
+            result = _offdiagonal(problem, _mpf(t_max))
+    return dataclasses.replace(result, dps=dps)
 
 
 def _no_optimum(response: str, reason: str) -> ContinuumOptimum:

@@ -94,7 +94,8 @@ def test_check_value_erf_diagonal(erf_diag):
           " q* =", mpmath.nstr(erf_diag.K_star, 30))
     assert erf_diag.converged
     assert abs(erf_diag.sqrt_tstar - mpmath.mpf("0.96594438")) < 5e-9
-    assert erf_diag.rho_star(100) == pytest.approx(float(erf_diag.sqrt_tstar) / 10, rel=1e-14)
+    with mp.workdps(30):
+        assert abs(erf_diag.rho_star(100) - erf_diag.sqrt_tstar / 10) < 1e-28
 
 
 def test_residual_at_the_optimum(erf_diag):

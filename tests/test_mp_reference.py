@@ -95,11 +95,11 @@ def test_quadrature_path_matches_closed_forms(point: tuple[str, str, str]) -> No
             assert _rel(got, want) < 1e-20
 
 
-def test_quadrature_path_relu_by_parts() -> None:
-    """phi'' = delta: G_qa by integration by parts, G_d_q by Stein's identity."""
-    phi = phi_functions(resolve("leaky_relu:0.2"))
-    assert not phi.price
-    exact = mp_expectations("leaky_relu:0.2", 30)
+def test_quadrature_path_kinked_user_activation() -> None:
+    """A user's Piecewise ReLU: by parts (SymPy's phi'' of a Piecewise has no delta)."""
+    phi = phi_functions(resolve("expr:Piecewise((x, x > 0), (0, True))"))
+    assert not phi.price and not phi.smooth
+    exact = mp_expectations("relu", 30)
     with mp.workdps(30):
         kab = _kab("0.7", "1.3", "-0.7")
         got = pair_quadrature(phi, mpmath.mpf("0.7"), mpmath.mpf("1.3"), kab)
@@ -108,6 +108,8 @@ def test_quadrature_path_relu_by_parts() -> None:
         assert _rel(a, b) < 1e-20
     for a, b in zip(got_diag, exact.diag("0.7"), strict=True):
         assert _rel(a, b) < 1e-20
+    with pytest.raises(ValueError, match="breaks at u = 0"):
+        phi_functions(resolve("expr:Abs(x - 1)"))
 
 
 def test_tanh_quadrature_consistency() -> None:

@@ -43,7 +43,7 @@ from mpmath import mp
 from ..action import BETA, GAMMA, PROCESSES, RHO, SB2, SB2_OUT, SW2, SW2_OUT
 from ..activations import Activation, derive, resolve
 from ..gaussian import KAA, KAB, KBB, Q, X
-from ..ir import MOMENTS, moment_symbols
+from ..ir import MOMENTS, layer_expressions
 from ..response import derive_response_map
 from ..saddle import derive_layer_map
 from ..spec import NetworkSpec, check_kernel
@@ -209,8 +209,8 @@ _PIECEWISE = (sp.Heaviside, sp.DiracDelta, sp.Abs, sp.sign, sp.Piecewise, sp.Max
 class PhiFunctions:
     """phi and its derivatives: ``values(u) -> (phi, phi', phi'')`` as mpf.
 
-    ``price`` is False when phi'' is distributional (then the third value is
-    0 and callers use integration by parts); ``smooth`` is False for
+    ``price`` is False for a kinked phi, whose phi'' is distributional (then the
+    third value is 0 and callers use integration by parts); ``smooth`` is False for
     piecewise phi (then quadrature breaks sit at its kinks, u = 0). ``scale``
     sets the first panel width next to a break.
     """
@@ -228,19 +228,47 @@ def phi_functions(activation: Activation) -> PhiFunctions:
     if phis[1].has(sp.DiracDelta):
         raise ValueError(f"{activation.label}: phi' is distributional; "
                          "quadrature needs phi' to be a function")
-    price = not phis[2].has(sp.DiracDelta)
     smooth = not any(p.has(*_PIECEWISE) for p in phis)
+    # SymPy differentiates Piecewise/Max branch by branch (no delta at the kink), so
+    # phi'' is trusted only for smooth phi; a kinked phi uses integration by parts
+    price = smooth and not phis[2].has(sp.DiracDelta)
+    if not all(_switches_at_zero(p) for p in phis):
+        raise ValueError(f"{activation.label}: the quadrature puts its breaks at u = 0; "
+                         "phi has a kink or jump elsewhere")
+    if not smooth and sp.limit(phis[0], X, 0, "+") != sp.limit(phis[0], X, 0, "-"):
+        raise ValueError(f"{activation.label}: phi jumps at 0; the quadrature needs a "
+                         "continuous phi")
     exprs = phis if price else [phis[0], phis[1], sp.Integer(0)]
     fn = sp.lambdify(X, tuple(exprs), modules="mpmath", cse=True)
     return PhiFunctions(fn, price, smooth, mpmath.inf if _piecewise_polynomial(phis[0])
                         else mpmath.mpf(1))
 
 
+def _switches_at_zero(phi: sp.Expr) -> bool:
+    """Every piecewise part of phi (Heaviside, |.|, max, Piecewise...) switches at x = 0."""
+    def through_zero(arg: sp.Expr) -> bool:  # a * x with a != 0, or the constant 0
+        arg = sp.expand(arg)
+        return arg == 0 or (arg.is_polynomial(X) and sp.degree(arg, X) == 1
+                            and arg.subs(X, 0) == 0)
+
+    for part in phi.atoms(*_PIECEWISE):
+        if isinstance(part, sp.Piecewise):
+            conditions = [c for _, c in part.args if c not in (sp.true, sp.false)]
+            if not all(isinstance(c, sp.core.relational.Relational)
+                       and through_zero(c.lhs - c.rhs) for c in conditions):
+                return False
+        elif isinstance(part, (sp.Max, sp.Min)):
+            if not all(through_zero(a) for a in part.args):
+                return False
+        elif not through_zero(part.args[0]):
+            return False
+    return True
+
+
 def _piecewise_polynomial(phi: sp.Expr) -> bool:
     """phi is a polynomial on each side of 0 (ReLU family, the identity)."""
-    sides = [phi.subs({sp.Heaviside(X): h, sp.Abs(X): sign * X, sp.sign(X): sign})
-             for h, sign in ((0, -1), (1, 1))]
-    return all(side.is_polynomial(X) for side in sides)
+    y = sp.Symbol("y", positive=True)  # Heaviside, |.|, max, Piecewise evaluate on a side
+    return all(phi.subs(X, side * y).is_polynomial(y) for side in (1, -1))
 
 
 def _param_subs(activation: Activation) -> dict[sp.Symbol, sp.Expr]:
@@ -383,8 +411,16 @@ def _expectations(label: str, dps: int, kind: str, act: Activation) -> MpExpecta
 
 
 def _real(value: object) -> Mpf:
-    """Real part of a result whose argument sat on |c| = 1 within rounding."""
-    return value.real if isinstance(value, mpmath.mpc) else value  # type: ignore[return-value]
+    """The real part of a closed form evaluated on |c| = 1 up to rounding.
+
+    There asin(1 + eps) and sqrt(-eps) carry imaginary parts of order sqrt(eps);
+    anything larger means the arguments were not a covariance.
+    """
+    if not isinstance(value, mpmath.mpc):
+        return value  # type: ignore[return-value]
+    if abs(value.imag) > mp.ldexp(max(1, abs(value.real)), 16 - mp.prec // 2):
+        raise ValueError(f"closed form is complex ({value}): not a covariance")
+    return value.real
 
 
 def _exact(act: Activation, dps: int) -> MpExpectations:
@@ -447,8 +483,6 @@ def _quadrature(act: Activation, dps: int) -> MpExpectations:
 # -- propagation ------------------------------------------------------------------------
 #: Parameter symbols of the layer maps (after gamma, beta -> the net's process).
 _PARAMS = {"sw2": SW2, "sb2": SB2, "sw2_out": SW2_OUT, "sb2_out": SB2_OUT, "rho": RHO}
-_ENTRIES = ("q_new", "k_new", "J_q", "J_k", "J_qa", "J_qb",
-            "out_q", "out_k", "R_q", "R_k", "R_qa", "R_qb")
 
 
 @dataclass(frozen=True)
@@ -463,22 +497,14 @@ class _Compiled:
 @functools.lru_cache(maxsize=4)
 def compiled_maps(net: str) -> dict[str, _Compiled]:
     """The derived layer/readout maps and Jacobians of ``net``, lambdified for mpmath."""
-    layer, response = derive_layer_map(), derive_response_map()
     process = PROCESSES[net]
-    raw = {
-        "q_new": layer.diag, "k_new": layer.pair,
-        "J_q": response.diag_q, "J_k": response.pair_k,
-        "J_qa": response.pair_qa, "J_qb": response.pair_qb,
-        "out_q": layer.readout_diag, "out_k": layer.readout_pair,
-        "R_q": response.readout_diag_q, "R_k": response.readout_pair_k,
-        "R_qa": response.readout_pair_qa, "R_qb": response.readout_pair_qb,
-    }
+    raw = layer_expressions(derive_layer_map(), derive_response_map())
     named = {"K_aa": KAA, "K_bb": KBB, "K_ab": KAB, "q": Q,
              **{n: s for n, s in MOMENTS.items()}, **_PARAMS}
     by_symbol = {s: n for n, s in named.items()}
     out = {}
     for key, expr in raw.items():
-        expr = moment_symbols(expr).subs({GAMMA: process.gamma, BETA: process.beta})
+        expr = expr.subs({GAMMA: process.gamma, BETA: process.beta})
         unknown = expr.free_symbols - set(by_symbol)
         if unknown or expr.has(sp.Derivative, sp.core.function.AppliedUndef):
             raise ValueError(f"{key}: cannot evaluate {expr} (free {sorted(map(str, unknown))})")

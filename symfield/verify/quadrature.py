@@ -191,7 +191,8 @@ def check_closed_forms(activation_names: Sequence[str] = ("erf", "relu", "abs", 
 
     ``points`` are (K_aa, K_bb, correlation) with |correlation| < 1; the diagonal
     quantities are checked at each point's K_aa and K_bb. In the ``mp.diff`` rows
-    the quadrature runs at ``diff_dps`` digits (default ``dps + 12``).
+    the quadrature runs at ``diff_dps`` digits (default ``dps + 12``). Where the
+    closed form is below 1e-10 (G_qa of the identity is 0) the error is absolute.
     """
     unknown = set(quantities) - set(QUANTITIES)
     if unknown:
