@@ -573,6 +573,9 @@ def _diagonal(p: _Problem) -> ContinuumOptimum:
                        f"optimum needs sb2 < sb2_max(q0) = {mpmath.nstr(threshold, 8)} "
                        f"(for sw2 = {mpmath.nstr(sw2, 8)})"
                        + (", impossible at this q0 since sb2 >= 0" if threshold <= 0 else ""))
+        else:
+            reason += (f", at q_max {mpmath.nstr(cond(grid[-1]), 6)} (chi_out still growing: "
+                       "no interior maximum)")
         return _no_optimum("diagonal", reason)
     q_star = mpmath.findroot(cond, bracket, solver="anderson", verify=False)
     residual = cond(q_star)
@@ -580,11 +583,16 @@ def _diagonal(p: _Problem) -> ContinuumOptimum:
     ln_chi = _diag_ln_chi(p, q_star)
     tol = mpmath.mpf(10) ** (-(mp.dps - 8))
     converged = bool(abs(residual) < tol and bracket[0] <= q_star <= bracket[1])
-    reason = "interior maximum" if converged else f"root not converged (residual {residual})"
+    reason = "interior maximum" if converged else _unconverged(residual, tol)
     if _diag_ln_chi(p, q0) > ln_chi:
         reason += "; local: chi_out at T = 0 is larger"
     return ContinuumOptimum("diagonal", q_star, t_star, mp.sqrt(t_star), converged, reason,
                             mp.exp(ln_chi), residual)
+
+
+def _unconverged(residual: Mpf, tol: Mpf) -> str:
+    return (f"root not converged: |condition| = {mpmath.nstr(abs(residual), 3)} > "
+            f"{mpmath.nstr(tol, 3)} (noisy moments? quadrature accuracy limits the digits)")
 
 
 def _threshold(p: _Problem, q0: Mpf) -> Mpf:
@@ -636,7 +644,7 @@ def _offdiagonal_root(p: _Problem, flow: _Flow, t0: Mpf, y0: Vector, size: Mpf
     ln_chi_out = mp.log(p.eval("R_ab", y[:3])) + y[3]
     tol = mpmath.mpf(10) ** (-(mp.dps - 8))
     converged = bool(abs(residual) < tol and t0 <= t_star <= t0 + size)
-    reason = "interior maximum" if converged else f"root not converged (residual {residual})"
+    reason = "interior maximum" if converged else _unconverged(residual, tol)
     start = mp.log(p.eval("R_ab", list(p.K0)))
     if start > ln_chi_out:
         reason += "; local: chi_out at T = 0 is larger"

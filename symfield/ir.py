@@ -176,6 +176,13 @@ def plan_quadrature(family: Family, expectations: Expectations) -> QuadraturePla
     for _ in range(MAX_PHI_ORDER):
         phis.append(derivative(phis[-1]))
         squares.append(derivative(squares[-1]))
+    kinks = (sp.DiracDelta, sp.Heaviside, sp.Piecewise, sp.Max, sp.Min, sp.Abs, sp.sign)
+    if any(e.has(*kinks) for e in phis + squares):
+        # Price's theorem needs four derivatives of phi; branchwise derivatives of a kink
+        # drop its delta terms, and the moments would come out silently wrong
+        raise GenerationError(
+            f"{family.description}: not smooth and not closed by the identity table; "
+            "quadrature by Price's theorem needs phi four times differentiable")
     integrands = [squares[0], squares[2] / 2, phis[1] ** 2, phis[2] ** 2, squares[4] / 4]
     numeric = [sp.lambdify(X, f, modules=["numpy", "scipy"]) for f in integrands]
     references: dict[float, list[tuple[float, float]]] = {}

@@ -7,6 +7,8 @@ directory and imported from there by path.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib
 import importlib.util
 import os
@@ -36,8 +38,8 @@ def load_module(activation: Activation) -> ModuleType:
         return importlib.import_module(f"generated.{family.name}")
     from .pipeline import module_text  # deferred: SymPy derivation only when needed
 
-    # the family name is a hash of the expression; the version keys the code generator
-    path = cache_dir() / f"{family.name}_v{__version__.replace('.', '_')}.py"
+    # the family name is a hash of the expression; the digest keys the code generator
+    path = cache_dir() / f"{family.name}_{_generator_digest()}.py"
     if not path.exists():
         text = module_text(family)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -49,6 +51,16 @@ def load_module(activation: Activation) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@functools.lru_cache(maxsize=1)
+def _generator_digest() -> str:
+    """Hash of symfield's own sources: a cached module is reused only by the same generator."""
+    digest = hashlib.sha256(__version__.encode())
+    root = Path(__file__).resolve().parent
+    for path in sorted([*root.rglob("*.py"), *root.rglob("*.j2")]):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def moments_label(module: ModuleType) -> str:

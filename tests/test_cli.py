@@ -70,6 +70,7 @@ def test_ffnet_has_no_rho(capsys):
     (["--activation", "leaky_relu:x"], "activation"),
     (["--activation", "expr:log(x)"], "activation"),
     (["--activation", "expr:x+y"], "activation"),
+    (["--activation", "expr:Max(x, 0)"], "activation"),  # kink, no closed form: refused
     (["--net", "cnn"], "net"),
     (["--dps", "3"], "dps"),
 ])

@@ -68,6 +68,8 @@ def to_mpf(value: object) -> Mpf:
         return +value
     if isinstance(value, float) or type(value).__name__.startswith("float"):
         return mp.mpf(repr(float(value)))  # type: ignore[arg-type]
+    if hasattr(value, "__index__"):  # Python and numpy integers
+        return mp.mpf(int(value))  # type: ignore[call-overload]
     return mp.mpf(value)  # type: ignore[arg-type]
 
 
