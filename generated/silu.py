@@ -398,15 +398,20 @@ def resnet_drho(K0, *, rho, sw2, sb2, depth, sw2_out=1.0, sb2_out=0.0):
 
 
 
-def _run_packed(chunk, K0, depth, named):
-    """Batch, pack, run ``chunk``; every output is a (diagonal, upper triangle) pair."""
+def _map_chunks(chunk, K0, named, depth, *flags):
+    """Pack K0, split the batch into cache-sized chunks and run ``chunk`` on each."""
     K0, batch, B, tri, q0, k0, par, step = _prepare(K0, named)
-    iu, ju, _ = tri
     chunks = []
     for start in range(0, B, step):
         sl = slice(start, start + step)
         part = {n: (v[sl] if batch else v) for n, v in par.items()}
-        chunks.append(chunk(q0[sl], k0[sl], tri, int(depth), part))
+        chunks.append(chunk(q0[sl], k0[sl], tri, int(depth), part, *flags))
+    return chunks, batch, tri
+
+
+def _run_packed(chunk, K0, depth, named):
+    """Batch, pack, run ``chunk``; every output is a (diagonal, upper triangle) pair."""
+    chunks, batch, (iu, ju, _) = _map_chunks(chunk, K0, named, depth)
     result = {key: _full(numpy.concatenate([c[key][0] for c in chunks], axis=0),
                          numpy.concatenate([c[key][1] for c in chunks], axis=0), iu, ju)
               for key in chunks[0]}
@@ -484,13 +489,7 @@ def _run(chunk, K0, depth, named, responses, tensor, layers):
     """Validate shapes, pack K0, run ``chunk`` over batch chunks, unpack the results."""
     depth = int(depth)
     tensor = tensor and responses
-    K0, batch, B, tri, q0, k0, par, step = _prepare(K0, named)
-    iu, ju, _ = tri
-    chunks = []
-    for start in range(0, B, step):
-        sl = slice(start, start + step)
-        part = {n: (v[sl] if batch else v) for n, v in par.items()}
-        chunks.append(chunk(q0[sl], k0[sl], tri, depth, part, responses, tensor, layers))
+    chunks, batch, (iu, ju, _) = _map_chunks(chunk, K0, named, depth, responses, tensor, layers)
 
     def cat(key):
         return numpy.concatenate([c[key] for c in chunks], axis=0)

@@ -10,7 +10,6 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Callable
 
 import numpy as np
 
@@ -370,14 +369,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    handlers: dict[type, Callable[[Exception], str]] = {
-        SpecError: str, UsageError: str,
-    }
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)
-    except tuple(handlers) as error:
-        print(f"symfield: error: {handlers[type(error)](error)}", file=sys.stderr)
+    except (SpecError, UsageError) as error:
+        print(f"symfield: error: {error}", file=sys.stderr)
         return 2
     except GenerationError as error:  # a user's activation that cannot become code
         print(f"symfield: error: activation: {error}", file=sys.stderr)
