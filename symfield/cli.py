@@ -93,7 +93,7 @@ def _cmd_kernel(args: argparse.Namespace) -> int:
     K0 = parse_kernel(args.K0)
     if args.dps is not None:
         dps = int(check_real("dps", args.dps, minimum=15))
-        from .verify.mp import propagate_mp
+        from .precision import propagate_mp
 
         result = propagate_mp(spec, K0, dps=dps, tensor=args.tensor, layers=args.layers)
         payload = {"method": f"mpmath ({dps} digits)", **_mp_payload(result, dps)}

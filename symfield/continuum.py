@@ -272,7 +272,7 @@ def _real(value: object) -> Mpf:
 
 
 class _QuadratureMoments(_Moments):
-    """Moments of a family without closed forms, from ``verify.mp`` quadrature.
+    """Moments of a family without closed forms, from ``precision`` quadrature.
 
     G, G_k, G_qa, G_qb and G_d, G_d' are ``mp_expectations`` of phi. By Price's
     theorem the K-derivatives of G_k = E[phi'(u_a) phi'(u_b)] are the same
@@ -282,8 +282,8 @@ class _QuadratureMoments(_Moments):
     """
 
     def __init__(self, activation: Activation, dps: int):
-        # verify.mp is imported lazily: the exact-family path does not need it
-        from .verify.mp import mp_expectations
+        # precision is imported lazily: the exact-family path does not need it
+        from .precision import mp_expectations
 
         phi = activation.family.phi.subs(_param_subs(activation))
         slope = Family(f"{activation.family.name}_d1", derivative(phi),

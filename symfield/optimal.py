@@ -220,8 +220,8 @@ def refine_mp(activation: str, sw2: float, sb2: float, K0: np.ndarray, depth: in
     mpmath path, started from the float64 optimum (the referee of the float64 root)."""
     import mpmath
 
+    from .precision import propagate_mp
     from .spec import NetworkSpec
-    from .verify.mp import propagate_mp
 
     a, b = entry
     work = dps + 10

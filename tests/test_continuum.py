@@ -226,7 +226,7 @@ def test_tanh_diagonal_quadrature_path():
     print("tanh diagonal sqrt(t*) =", mpmath.nstr(result.sqrt_tstar, 15))
     assert result.converged and abs(result.residual) < 1e-12
     # independent: the condition with G_d'' from mpmath.diff of the quadrature G_d'
-    from symfield.verify.mp import mp_expectations
+    from symfield.precision import mp_expectations
 
     moments = mp_expectations("tanh", 25)
     with mp.workdps(25):

@@ -16,15 +16,15 @@ import mpmath
 import numpy as np
 import pytest
 
-from symfield.spec import NetworkSpec, SpecError
-from symfield.verify import montecarlo as mc
-from symfield.verify.montecarlo import (
+from symfield import simulate as mc
+from symfield.simulate import (
     MonteCarloResult,
     activation_function,
     format_table,
     simulate,
     zscores,
 )
+from symfield.spec import NetworkSpec, SpecError
 
 K0 = np.array([[0.5, 0.3], [0.3, 0.8]])
 SW2, SB2 = 1.25, 0.05

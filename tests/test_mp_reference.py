@@ -1,7 +1,7 @@
 """The mpmath reference path: closed forms against quadrature, propagation against hand loops.
 
 (a) closed forms (SymPy, Price) against 2-D quadrature of the explicit density;
-(b) the quadrature path of symfield.verify.mp against the closed forms;
+(b) the quadrature path of symfield.precision against the closed forms;
 (c) propagate_mp against the recursion of THEORY.md sections 3-4 unrolled by hand
     with mpmath asin (no SymPy);
 (d) chi and the response tensor against mp.diff of K^(L) in K^(0).
@@ -17,14 +17,14 @@ import pytest
 from mpmath import mp
 
 from symfield.activations import resolve
-from symfield.spec import NetworkSpec
-from symfield.verify.mp import (
+from symfield.precision import (
     diag_quadrature,
     mp_expectations,
     pair_quadrature,
     phi_functions,
     propagate_mp,
 )
+from symfield.spec import NetworkSpec
 from symfield.verify.quadrature import (
     DIAG_QUANTITIES,
     DIFF_QUANTITIES,

@@ -13,7 +13,7 @@ for ReLU-like phi by parts), by differentiating the density under the
 integral (``dp/dK = p * score``: ``G_k:score``, ``G_d_q``), and by ``mp.diff``
 of the quadrature value (``G_k:diff``, ``G_d_q:diff``).
 
-The nodes are those of :func:`symfield.verify.mp.gaussian_panels` in the
+The nodes are those of :func:`symfield.precision.gaussian_panels` in the
 coordinates ``u_a = sqrt(K_aa) z``, ``u_b = (K_ab/K_aa) u_a + sqrt(det/K_aa) t``
 (so the conditional density is resolved at any correlation), with plain
 ``dz dt`` weights; the density is evaluated explicitly at every node.
@@ -28,7 +28,7 @@ import mpmath
 from mpmath import mp
 
 from ..activations import resolve
-from .mp import (
+from ..precision import (
     CENTRE_PANEL,
     MpExpectations,
     Mpf,

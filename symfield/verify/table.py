@@ -21,8 +21,8 @@ import numpy as np
 
 from ..activations import resolve
 from ..kernel import load_module
+from ..precision import mp_expectations, propagate_mp
 from ..spec import NetworkSpec
-from .mp import mp_expectations, propagate_mp
 
 DPS = 30
 CLOSED_FORM_DIGITS = 12

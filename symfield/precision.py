@@ -40,13 +40,13 @@ import mpmath
 import sympy as sp
 from mpmath import mp
 
-from ..action import BETA, GAMMA, PROCESSES, RHO, SB2, SB2_OUT, SW2, SW2_OUT
-from ..activations import Activation, derive, resolve
-from ..gaussian import KAA, KAB, KBB, Q, X
-from ..ir import MOMENTS, layer_expressions
-from ..response import derive_response_map
-from ..saddle import derive_layer_map
-from ..spec import NetworkSpec, check_kernel
+from .action import BETA, GAMMA, PROCESSES, RHO, SB2, SB2_OUT, SW2, SW2_OUT
+from .activations import Activation, derive, resolve
+from .gaussian import KAA, KAB, KBB, Q, X
+from .ir import MOMENTS, layer_expressions
+from .response import derive_response_map
+from .saddle import derive_layer_map
+from .spec import NetworkSpec, check_kernel
 
 Mpf = mpmath.mpf
 Matrix = list[list[Mpf]]

@@ -36,9 +36,9 @@ from dataclasses import dataclass
 import numpy as np
 import sympy as sp
 
-from ..activations import Activation, resolve
-from ..gaussian import X
-from ..spec import NetworkSpec, SpecError, check_kernel
+from .activations import Activation, resolve
+from .gaussian import X
+from .spec import NetworkSpec, SpecError, check_kernel
 
 try:  # scipy is optional; when present it supplies a fast vectorised erf (and more)
     from scipy import special as _scipy_special
