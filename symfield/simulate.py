@@ -27,7 +27,9 @@ first ``k`` initializations are the same for every ``n_init >= k``.
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -50,6 +52,12 @@ METHODS: tuple[str, ...] = ("kernel", "weights")
 
 #: Floats per batch tensor the automatic batch size aims at (about 32 MB).
 _BATCH_FLOATS = 1 << 22
+
+#: Largest number of initializations per statistics block (see :func:`stat_block`).
+_STAT_BLOCK = 64
+
+#: Seconds a run must have taken before :func:`simulate` shows its progress bar.
+PROGRESS_DELAY = 2.0
 
 ArrayFunction = Callable[[np.ndarray], np.ndarray]
 
@@ -100,12 +108,15 @@ def activation_function(activation: str | Activation) -> ArrayFunction:
 
 @dataclass(frozen=True)
 class MonteCarloResult:
-    """Means and standard errors (over initializations) of the empirical kernels.
+    """Means, variances and their standard errors (over initializations) of the kernels.
 
     ``K_*`` has shape ``(L+1, P, P)`` for ``K_hat^(0..L)``. ``C_*`` has shape
     ``(L+1, P, P)``: index ``l-1`` holds ``C^(l)`` (``l = 1..L``), index ``L``
     the readout field ``C_out``; ``K_out_*`` repeats that last entry. Standard
-    errors are ``std(ddof=1) / sqrt(n_init)``. ``C_samples`` / ``K_samples``
+    errors of means are ``std(ddof=1) / sqrt(n_init)``. ``*_var`` are the
+    unbiased sample variances ``s^2`` over initializations and ``*_var_stderr``
+    their standard errors ``sqrt((m4 - s^4 (n-3)/(n-1)) / n)`` (``m4`` the fourth
+    central sample moment; :data:`VARIANCE_STDERR`). ``C_samples`` / ``K_samples``
     (``(n_init, L+1, P, P)``, same layouts) are kept only with ``keep_samples``.
     """
 
@@ -124,6 +135,15 @@ class MonteCarloResult:
     elapsed: float = 0.0
     C_samples: np.ndarray | None = None
     K_samples: np.ndarray | None = None
+    K_var: np.ndarray | None = None
+    K_var_stderr: np.ndarray | None = None
+    C_var: np.ndarray | None = None
+    C_var_stderr: np.ndarray | None = None
+    K_out_var: np.ndarray | None = None
+    K_out_var_stderr: np.ndarray | None = None
+    chunks: int = 1
+    workers: int | None = None
+    stat_block: int = 0
 
     @property
     def depth(self) -> int:
@@ -134,26 +154,62 @@ class MonteCarloResult:
         return [f"C^({layer})" for layer in range(1, self.depth + 1)] + ["C_out"]
 
 
-class _Moments:
-    """Running mean and sum of squared deviations, merged batch-wise (Chan et al.)."""
+#: How ``*_var_stderr`` is computed (echoed by ``symfield simulate --json``).
+VARIANCE_STDERR = ("sqrt((m4 - s^4 (n-3)/(n-1)) / n): s^2 the unbiased sample variance, "
+                   "m4 the fourth central sample moment, n the number of initializations")
 
-    def __init__(self, shape: tuple[int, ...]):
-        self.count = 0
-        self.mean = np.zeros(shape)
-        self.m2 = np.zeros(shape)
 
-    def add(self, batch: np.ndarray) -> None:
-        size = batch.shape[0]
-        batch_mean = batch.mean(axis=0)
-        batch_m2 = ((batch - batch_mean) ** 2).sum(axis=0)
-        total = self.count + size
-        delta = batch_mean - self.mean
-        self.mean = self.mean + delta * (size / total)
-        self.m2 = self.m2 + batch_m2 + delta**2 * (self.count * size / total)
-        self.count = total
+@dataclass(frozen=True)
+class Moments:
+    """Count, mean and sums of 2nd-4th powers of deviations of a sample, mergeable.
+
+    :meth:`merge` is the pairwise update of Chan et al. extended to the third
+    and fourth moments (Pebay 2008, "Formulas for robust, one-pass parallel
+    computation of covariances and arbitrary-order statistical moments").
+    """
+
+    count: int
+    mean: np.ndarray
+    m2: np.ndarray
+    m3: np.ndarray
+    m4: np.ndarray
+
+    @classmethod
+    def of(cls, samples: np.ndarray) -> Moments:
+        """Moments of ``samples`` along axis 0."""
+        mean = samples.mean(axis=0)
+        dev = samples - mean
+        dev2 = dev * dev
+        return cls(samples.shape[0], mean, dev2.sum(axis=0), (dev2 * dev).sum(axis=0),
+                   (dev2 * dev2).sum(axis=0))
+
+    def merge(self, other: Moments) -> Moments:
+        na, nb = self.count, other.count
+        n = na + nb
+        delta = other.mean - self.mean
+        d_n = delta / n
+        mean = self.mean + nb * d_n
+        m2 = self.m2 + other.m2 + delta * d_n * na * nb
+        m3 = (self.m3 + other.m3 + delta * d_n * d_n * na * nb * (na - nb)
+              + 3.0 * d_n * (na * other.m2 - nb * self.m2))
+        m4 = (self.m4 + other.m4 + delta * d_n**3 * na * nb * (na * na - na * nb + nb * nb)
+              + 6.0 * d_n * d_n * (na * na * other.m2 + nb * nb * self.m2)
+              + 4.0 * d_n * (na * other.m3 - nb * self.m3))
+        return Moments(n, mean, m2, m3, m4)
 
     def stderr(self) -> np.ndarray:
+        """Standard error of the mean."""
         return np.sqrt(self.m2 / (self.count - 1) / self.count)
+
+    def variance(self) -> np.ndarray:
+        """Unbiased sample variance ``s^2``."""
+        return self.m2 / (self.count - 1)
+
+    def variance_stderr(self) -> np.ndarray:
+        """Standard error of ``s^2``: ``sqrt((m4 - s^4 (n-3)/(n-1)) / n)`` (clipped at 0)."""
+        n = self.count
+        s2 = self.variance()
+        return np.sqrt(np.clip(self.m4 / n - s2 * s2 * (n - 3) / (n - 1), 0.0, None) / n)
 
 
 def _gram(a: np.ndarray) -> np.ndarray:
@@ -181,52 +237,285 @@ def _check_count(name: str, value: object, minimum: int) -> int:
 
 def _auto_batch(method: str, width: int, depth: int, n_inputs: int) -> int:
     per_init = width * width if method == "weights" else width * n_inputs * (depth + 1)
+    per_init = max(per_init, 2 * (depth + 1) * n_inputs * n_inputs)
     return max(1, _BATCH_FLOATS // per_init)
+
+
+def stat_block(depth: int, n_inputs: int) -> int:
+    """Initializations per statistics block: a function of the problem shape only.
+
+    Moments are computed from the samples of each block of ``stat_block``
+    consecutive initializations and merged in initialization order, so the
+    results are bitwise the same for any batch size, chunking or worker count.
+    """
+    per_init = 2 * (depth + 1) * n_inputs * n_inputs
+    return max(1, min(_STAT_BLOCK, _BATCH_FLOATS // per_init))
+
+
+@functools.lru_cache(maxsize=16)
+def _phi_cached(activation: str) -> ArrayFunction:
+    return activation_function(activation)
+
+
+def _generator(seed: int, index: int) -> np.random.Generator:
+    """Initialization ``index``'s stream: child ``index`` of ``SeedSequence(seed)``."""
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(index,))))
 
 
 def _run_batch(spec: NetworkSpec, phi: ArrayFunction, sqrt_k0: np.ndarray,
                gens: Sequence[np.random.Generator], width: int,
                method: str) -> tuple[np.ndarray, np.ndarray]:
-    """Simulate one batch; returns ``K`` and ``C`` of shape ``(b, L+1, P, P)``."""
+    """Simulate one batch; returns ``K`` and ``C`` of shape ``(b, L+1, P, P)``.
+
+    Each initialization's stream is consumed in the same order whatever the
+    batch: the kernel sampler draws ``N x P`` normals per layer (``l = 0..L``),
+    taken as blocks of layers in one call per initialization; the literal
+    sampler draws ``h^(0)`` and then per layer the ``N x N`` weights and ``N`` biases.
+    """
     size, depth, n_inputs = len(gens), spec.depth, sqrt_k0.shape[0]
     K = np.empty((size, depth + 1, n_inputs, n_inputs))
     C = np.empty_like(K)
-    noise = np.empty((size, width, n_inputs))
-    literal = method == "weights"
-    weights = np.empty((size, width, width)) if literal else noise
-    biases = np.empty((size, width)) if literal else noise[:, :, 0]
-
-    def draw(out: np.ndarray) -> np.ndarray:
-        for gen, row in zip(gens, out, strict=True):
-            gen.standard_normal(out=row)
-        return out
-
-    h = draw(noise) @ sqrt_k0
-    K[:, 0] = _gram(h) / width
     rho = spec.rho if spec.net == "resnet" else None
+    literal = method == "weights"
+    span = 1 if literal else max(1, min(depth + 1, _BATCH_FLOATS // (size * width * n_inputs)))
+    noise = np.empty((size, span, width, n_inputs))
+    block = {"start": 0, "end": 0}  # layers held in ``noise`` (kernel sampler)
+
+    def layer_noise(layer: int) -> np.ndarray:
+        """The ``(b, N, P)`` standard normals of ``layer``, drawn ``span`` layers at a time."""
+        if layer >= block["end"]:
+            count = min(span, depth + 1 - layer)
+            for gen, rows in zip(gens, noise, strict=True):
+                gen.standard_normal(out=rows[:count])
+            block["start"], block["end"] = layer, layer + count
+        return noise[:, layer - block["start"]]
+
+    if literal:
+        weights = np.empty((size, width, width))
+        biases = np.empty((size, width))
+    h = layer_noise(0) @ sqrt_k0
+    K[:, 0] = _gram(h) / width
     for layer in range(1, depth + 1):
         act = phi(h)
         C[:, layer - 1] = spec.sb2 + (spec.sw2 / width) * _gram(act)
-        if not literal:
-            z = draw(noise) @ _sqrt_psd(C[:, layer - 1])
+        if literal:
+            for gen, w, b in zip(gens, weights, biases, strict=True):
+                gen.standard_normal(out=w)
+                gen.standard_normal(out=b)
+            z = math.sqrt(spec.sw2 / width) * (weights @ act)
+            z += math.sqrt(spec.sb2) * biases[:, :, None]
         else:
-            z = math.sqrt(spec.sw2 / width) * (draw(weights) @ act)
-            z += math.sqrt(spec.sb2) * draw(biases)[:, :, None]
+            z = layer_noise(layer) @ _sqrt_psd(C[:, layer - 1])
         h = z if rho is None else h + rho * z
         K[:, layer] = _gram(h) / width
     C[:, depth] = spec.sb2_out + (spec.sw2_out / width) * _gram(phi(h))
     return K, C
 
 
+@dataclass(frozen=True)
+class _Job:
+    """Everything a chunk needs (picklable: it travels to dask workers)."""
+
+    spec: NetworkSpec
+    K0: np.ndarray
+    width: int
+    seed: int
+    method: str
+    batch: int
+    block: int
+    keep_samples: bool
+
+
+@dataclass(frozen=True)
+class _ChunkResult:
+    lo: int
+    hi: int
+    blocks: list[Moments]  # statistics blocks [lo, lo + block), ... in order
+    samples: np.ndarray | None  # (hi - lo, 2, L+1, P, P): K then C, with keep_samples
+
+
+def _run_chunk(job: _Job, lo: int, hi: int,
+               on_batch: Callable[[int], None] | None = None) -> _ChunkResult:
+    """Initializations ``lo..hi-1`` (``lo`` a multiple of ``job.block``): block moments.
+
+    The per-initialization results do not depend on the batch, and each block's
+    moments are computed from exactly that block's samples, so the output does not
+    depend on ``job.batch`` nor on how ``[0, n_init)`` was cut into chunks.
+    """
+    spec = job.spec
+    phi = _phi_cached(spec.activation)
+    sqrt_k0 = _sqrt_psd(job.K0)
+    blocks: list[Moments] = []
+    pending: list[np.ndarray] = []
+    kept: list[np.ndarray] = []
+    held = 0
+    for b_lo in range(lo, hi, job.batch):
+        b_hi = min(b_lo + job.batch, hi)
+        gens = [_generator(job.seed, index) for index in range(b_lo, b_hi)]
+        K, C = _run_batch(spec, phi, sqrt_k0, gens, job.width, job.method)
+        if not (np.all(np.isfinite(K)) and np.all(np.isfinite(C))):
+            raise FloatingPointError(
+                f"non-finite kernel in the Monte Carlo (activation {spec.activation!r} "
+                f"overflowed or is undefined on the sampled pre-activations)")
+        both = np.stack([K, C], axis=1)
+        if job.keep_samples:
+            kept.append(both)
+        pending.append(both)
+        held += b_hi - b_lo
+        while held >= job.block or (b_hi == hi and held > 0):
+            joined = np.concatenate(pending) if len(pending) > 1 else pending[0]
+            take = min(job.block, held)
+            blocks.append(Moments.of(np.ascontiguousarray(joined[:take])))
+            pending = [joined[take:]] if take < held else []
+            held -= take
+        if on_batch is not None:
+            on_batch(b_hi - b_lo)
+    samples = (np.concatenate(kept) if len(kept) > 1 else kept[0]) if kept else None
+    return _ChunkResult(lo, hi, blocks, samples)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux ``MemAvailable``), or None."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def memory_estimate(method: str, width: int, depth: int, n_inputs: int, n_init: int,
+                    batch: int, keep_samples: bool, workers: int = 1) -> int:
+    """Bytes a run needs at its peak: kept samples plus the batch tensors of each worker.
+
+    Kept samples: ``2 n_init (L+1) P^2`` floats (twice while they are gathered).
+    Per worker: the noise block (kernel sampler) or the ``N x N`` weights
+    (literal sampler), about six ``(b, N, P)`` activations, the batch's ``K`` and
+    ``C`` and one statistics block of samples with its moments.
+    """
+    summary = 2 * (depth + 1) * n_inputs * n_inputs
+    per_worker = batch * (6 * width * n_inputs + 2 * summary)
+    if method == "weights":
+        per_worker += batch * (width * width + width)
+    else:
+        span = max(1, min(depth + 1, _BATCH_FLOATS // (batch * width * n_inputs)))
+        per_worker += batch * span * width * n_inputs
+    block = stat_block(depth, n_inputs)
+    per_worker += 2 * block * summary + 8 * summary
+    kept = 2 * n_init * summary if keep_samples else 0
+    return 8 * (workers * per_worker + kept)
+
+
+def _gib(size: float) -> str:
+    return f"{size / 2**30:.3g} GiB"
+
+
+class _Progress:
+    """A progress bar on stderr with a time estimate, shown once a run takes long.
+
+    Nothing is printed before ``delay`` seconds have passed. On a terminal one
+    line is redrawn (at most every 0.2 s); otherwise a line is printed at every
+    tenth of the run.
+    """
+
+    def __init__(self, total: int, enabled: bool, label: str = "symfield simulate",
+                 delay: float | None = None):
+        self.total, self.enabled, self.label = total, enabled, label
+        self.delay = PROGRESS_DELAY if delay is None else delay
+        self.done = 0
+        self.start = time.perf_counter()
+        self.last_draw = -math.inf
+        self.decile = 0
+        self.shown = False
+        self.tty = enabled and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+
+    def advance(self, count: int) -> None:
+        self.done += count
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        elapsed = now - self.start
+        finished = self.done >= self.total
+        if elapsed < self.delay and not (finished and self.shown):
+            return
+        if self.tty:
+            if now - self.last_draw < 0.2 and not finished:
+                return
+            self.last_draw = now
+            print("\r" + self._line(elapsed), end="\n" if finished else "", file=sys.stderr,
+                  flush=True)
+        else:
+            decile = (10 * self.done) // self.total
+            if decile <= self.decile and self.shown and not finished:
+                return
+            if finished and self.decile >= 10:
+                return
+            self.decile = decile
+            print(self._line(elapsed), file=sys.stderr, flush=True)
+        self.shown = True
+
+    def _line(self, elapsed: float) -> str:
+        fraction = self.done / self.total
+        filled = int(round(24 * fraction))
+        bar = "#" * filled + "." * (24 - filled)
+        if self.done >= self.total:
+            tail = f"{elapsed:.1f} s"
+        else:
+            left = elapsed / max(fraction, 1e-12) - elapsed
+            tail = f"{elapsed:.1f} s, ~{left:.1f} s left"
+        return (f"{self.label}: [{bar}] {100 * self.done // self.total:3d}% "
+                f"{self.done}/{self.total} initializations, {tail}")
+
+
+def _dask_client(workers: int | None, scheduler: str | None):
+    """A dask.distributed client: a local cluster of ``workers`` processes, or ``scheduler``."""
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError:
+        name, value = ("scheduler", scheduler) if scheduler else ("workers", workers)
+        raise SpecError(name, value, "needs dask.distributed (the dask extra): "
+                                     "pip install -e \".[dask]\" or pip install "
+                                     "\"dask[distributed]\"") from None
+    import logging
+
+    if scheduler:
+        try:
+            return Client(scheduler, timeout="10s"), None
+        except (OSError, TimeoutError, ValueError) as error:
+            raise SpecError("scheduler", scheduler,
+                            f"cannot connect to a dask scheduler there ({error})") from None
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                           dashboard_address=None, silence_logs=logging.ERROR)
+    return Client(cluster), cluster
+
+
+def _chunk_bounds(n_init: int, size: int) -> list[tuple[int, int]]:
+    return [(lo, min(lo + size, n_init)) for lo in range(0, n_init, size)]
+
+
 def simulate(spec: NetworkSpec, K0: np.ndarray, width: int, n_init: int, seed: int,
              batch: int | None = None, progress: bool = False, *,
-             keep_samples: bool = False, method: str = "kernel") -> MonteCarloResult:
+             keep_samples: bool = False, method: str = "kernel", chunk: int | None = None,
+             workers: int | None = None, scheduler: str | None = None) -> MonteCarloResult:
     """Monte Carlo of ``n_init`` width-``width`` networks from the input kernel ``K0``.
 
     ``batch`` initializations are simulated at once (``None``: about 32 MB per
-    tensor). ``progress`` prints a line on stderr about every 10 % of batches.
-    ``keep_samples`` keeps every initialization's ``K`` and ``C`` (memory
-    ``2 n_init (L+1) P^2`` floats), for covariances across layers.
+    tensor). ``progress`` draws a progress bar on stderr once the run has taken
+    :data:`PROGRESS_DELAY` seconds. ``keep_samples`` keeps every initialization's
+    ``K`` and ``C`` (memory ``2 n_init (L+1) P^2`` floats), for covariances across
+    layers. ``chunk`` initializations (rounded up to a whole statistics block)
+    form one task; ``workers`` runs the tasks on a local dask.distributed cluster
+    of that many processes, ``scheduler`` on an existing cluster at that address
+    (both need the ``dask`` extra). The numbers do not depend on ``batch``,
+    ``chunk``, ``workers`` or ``scheduler``: every initialization has its own
+    random stream and the statistics are merged in initialization order.
+    A run that would need more than the available memory is refused before it
+    starts (:class:`SpecError` naming ``memory``).
     """
     K0 = check_kernel("K0", K0)
     width = _check_count("width", width, 1)
@@ -234,51 +523,80 @@ def simulate(spec: NetworkSpec, K0: np.ndarray, width: int, n_init: int, seed: i
     seed = _check_count("seed", seed, 0)
     if method not in METHODS:
         raise SpecError("method", method, f"must be one of {', '.join(METHODS)}")
+    if workers is not None:
+        workers = _check_count("workers", workers, 1)
     depth, n_inputs = spec.depth, K0.shape[0]
+    block = stat_block(depth, n_inputs)
     if batch is None:
         batch = _auto_batch(method, width, depth, n_inputs)
-        if progress:  # at least ~10 batches, so that there is progress to report
-            batch = min(batch, -(-n_init // 10))
+        if progress:  # at least ~20 batches, so that there is progress to report
+            batch = min(batch, -(-n_init // 20))
     batch = min(_check_count("batch", batch, 1), n_init)
+    distributed = workers is not None or scheduler is not None
+    if chunk is None:  # local: ~50 progress steps; dask: ~4 tasks per worker
+        parts = 4 * (workers or 2) if distributed else 50
+        chunk = max(batch, -(-n_init // parts))
+    chunk = _check_count("chunk", chunk, 1)
+    chunk = -(-chunk // block) * block
+    bounds = _chunk_bounds(n_init, chunk)
 
-    phi = activation_function(spec.activation)
-    sqrt_k0 = _sqrt_psd(K0)
-    children = np.random.SeedSequence(seed).spawn(n_init)
-    k_stats = _Moments((depth + 1, n_inputs, n_inputs))
-    c_stats = _Moments((depth + 1, n_inputs, n_inputs))
-    k_samples = np.empty((n_init, depth + 1, n_inputs, n_inputs)) if keep_samples else None
-    c_samples = np.empty_like(k_samples) if k_samples is not None else None
+    need = memory_estimate(method, width, depth, n_inputs, n_init, batch, keep_samples,
+                           workers or 1)
+    free = available_memory()
+    if free is not None and need > free:
+        raise SpecError("memory", _gib(need),
+                        f"the simulation needs about {_gib(need)} but {_gib(free)} is "
+                        f"available (width={width}, inits={n_init}, depth={depth}, P={n_inputs}, "
+                        f"batch={batch}{', keep_samples' if keep_samples else ''}); reduce them")
 
-    n_batches = -(-n_init // batch)
+    job = _Job(spec, K0, width, seed, method, batch, block, keep_samples)
+    bar = _Progress(n_init, progress)
     start = time.perf_counter()
-    reported = 0
-    for index in range(n_batches):
-        lo, hi = index * batch, min((index + 1) * batch, n_init)
-        gens = [np.random.Generator(np.random.PCG64(child)) for child in children[lo:hi]]
-        K, C = _run_batch(spec, phi, sqrt_k0, gens, width, method)
-        if not (np.all(np.isfinite(K)) and np.all(np.isfinite(C))):
-            raise FloatingPointError(
-                f"non-finite kernel in the Monte Carlo (activation {spec.activation!r} "
-                f"overflowed or is undefined on the sampled pre-activations)")
-        k_stats.add(K)
-        c_stats.add(C)
-        if k_samples is not None and c_samples is not None:
-            k_samples[lo:hi] = K
-            c_samples[lo:hi] = C
-        decile = (10 * (index + 1)) // n_batches
-        if progress and (decile > reported or index + 1 == n_batches):
-            reported = decile
-            print(f"symfield montecarlo: {hi}/{n_init} initializations "
-                  f"({100 * hi // n_init}%), {time.perf_counter() - start:.1f} s",
-                  file=sys.stderr, flush=True)
+    if distributed:
+        results = _run_distributed(job, bounds, workers, scheduler, bar)
+    else:
+        results = [_run_chunk(job, lo, hi, bar.advance) for lo, hi in bounds]
+    results.sort(key=lambda r: r.lo)
 
-    c_stderr = c_stats.stderr()
+    stats = None
+    for result in results:
+        for moments in result.blocks:
+            stats = moments if stats is None else stats.merge(moments)
+    assert stats is not None and stats.count == n_init
+    samples = np.concatenate([r.samples for r in results if r.samples is not None]) \
+        if keep_samples else None
+    mean, stderr = stats.mean, stats.stderr()
+    var, var_stderr = stats.variance(), stats.variance_stderr()
     return MonteCarloResult(
-        K_mean=k_stats.mean, K_stderr=k_stats.stderr(),
-        C_mean=c_stats.mean, C_stderr=c_stderr,
-        K_out_mean=c_stats.mean[depth].copy(), K_out_stderr=c_stderr[depth].copy(),
+        K_mean=mean[0], K_stderr=stderr[0], C_mean=mean[1], C_stderr=stderr[1],
+        K_out_mean=mean[1, depth].copy(), K_out_stderr=stderr[1, depth].copy(),
         width=width, n_init=n_init, seed=seed, method=method, K0=K0, spec=spec,
-        elapsed=time.perf_counter() - start, C_samples=c_samples, K_samples=k_samples)
+        elapsed=time.perf_counter() - start,
+        C_samples=None if samples is None else samples[:, 1],
+        K_samples=None if samples is None else samples[:, 0],
+        K_var=var[0], K_var_stderr=var_stderr[0], C_var=var[1], C_var_stderr=var_stderr[1],
+        K_out_var=var[1, depth].copy(), K_out_var_stderr=var_stderr[1, depth].copy(),
+        chunks=len(bounds), workers=workers, stat_block=block)
+
+
+def _run_distributed(job: _Job, bounds: list[tuple[int, int]], workers: int | None,
+                     scheduler: str | None, bar: _Progress) -> list[_ChunkResult]:
+    """The chunks as dask.distributed tasks; results in completion order."""
+    client, cluster = _dask_client(workers, scheduler)
+    try:
+        from dask.distributed import as_completed
+
+        futures = [client.submit(_run_chunk, job, lo, hi, pure=False) for lo, hi in bounds]
+        results = []
+        for future in as_completed(futures):
+            result = future.result()
+            results.append(result)
+            bar.advance(result.hi - result.lo)
+        return results
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
 
 
 def zscores(theory: np.ndarray, mean: np.ndarray, stderr: np.ndarray) -> np.ndarray:

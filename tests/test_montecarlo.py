@@ -247,24 +247,96 @@ def test_reproducible_and_independent_of_batch(method: str) -> None:
     kwargs = dict(width=16, n_init=24, keep_samples=True, method=method)
     first = simulate(spec, K0, seed=5, batch=24, **kwargs)
     again = simulate(spec, K0, seed=5, batch=24, **kwargs)
-    rebatched = simulate(spec, K0, seed=5, batch=7, **kwargs)
+    rebatched = simulate(spec, K0, seed=5, batch=7, chunk=3, **kwargs)
     other = simulate(spec, K0, seed=6, batch=24, **kwargs)
     np.testing.assert_array_equal(first.C_samples, again.C_samples)
     np.testing.assert_array_equal(first.K_mean, again.K_mean)
-    np.testing.assert_allclose(first.C_samples, rebatched.C_samples, rtol=1e-13, atol=1e-15)
-    np.testing.assert_allclose(first.K_mean, rebatched.K_mean, rtol=1e-13, atol=1e-15)
+    # bitwise: per-initialization streams and statistics merged in a fixed block order
+    for name in ("C_samples", "K_samples", "K_mean", "K_stderr", "C_var", "C_var_stderr"):
+        np.testing.assert_array_equal(getattr(first, name), getattr(rebatched, name))
     assert not np.allclose(first.K_mean[1:], other.K_mean[1:])
     # the first k initializations do not depend on n_init
     longer = simulate(spec, K0, seed=5, **{**kwargs, "n_init": 40})
     assert longer.C_samples is not None and first.C_samples is not None
-    np.testing.assert_allclose(longer.C_samples[:24], first.C_samples, rtol=1e-13, atol=1e-15)
+    np.testing.assert_array_equal(longer.C_samples[:24], first.C_samples)
 
 
-def test_progress_output(capsys: pytest.CaptureFixture[str]) -> None:
+def test_statistics_independent_of_chunking_across_blocks(monkeypatch) -> None:
+    # small statistics blocks so that chunks and batches cut across many of them
+    monkeypatch.setattr(mc, "_STAT_BLOCK", 4)
+    spec = spec_for("resnet", "erf", 0.5, depth=2)
+    runs = [simulate(spec, K0, width=8, n_init=45, seed=2, batch=b, chunk=c)
+            for b, c in [(45, None), (1, 1), (3, 10), (7, 4), (5, 45)]]
+    assert runs[0].stat_block == 4 and runs[0].chunks == 1 and runs[1].chunks == 12
+    for run in runs[1:]:
+        for name in ("K_mean", "K_stderr", "K_var", "K_var_stderr", "C_mean", "C_var",
+                     "K_out_var_stderr"):
+            np.testing.assert_array_equal(getattr(runs[0], name), getattr(run, name))
+
+
+def test_moments_merge_and_variance_stderr() -> None:
+    rng = np.random.default_rng(0)
+    data = rng.gamma(2.0, size=(103, 3)) + rng.standard_normal((103, 3))
+    merged = mc.Moments.of(data[:10])
+    for lo, hi in [(10, 11), (11, 60), (60, 103)]:
+        merged = merged.merge(mc.Moments.of(data[lo:hi]))
+    direct = data - data.mean(0)
+    assert merged.count == 103
+    np.testing.assert_allclose(merged.mean, data.mean(0), rtol=1e-13)
+    for power, value in [(2, merged.m2), (3, merged.m3), (4, merged.m4)]:
+        np.testing.assert_allclose(value, (direct**power).sum(0), rtol=1e-11)
+    np.testing.assert_allclose(merged.variance(), data.var(0, ddof=1), rtol=1e-13)
+    # the standard error of s^2 against the spread of s^2 over 2000 Gaussian samples of
+    # size 50: Var(s^2) = 2 sigma^4 / (n - 1) for normal data
+    samples = 1.5 * rng.standard_normal((2000, 50))
+    stats = [mc.Moments.of(row[:, None]) for row in samples]
+    reported = np.array([s.variance_stderr()[0] for s in stats])
+    spread = np.std([s.variance()[0] for s in stats])
+    assert spread == pytest.approx(1.5**2 * math.sqrt(2 / 49), rel=0.05)
+    assert np.sqrt(np.mean(reported**2)) == pytest.approx(spread, rel=0.1)
+
+
+def test_variance_against_replicas() -> None:
+    # the reported variance of C^(l) and its standard error against independent replicas
+    spec = spec_for("resnet", "erf", 1.0, depth=2)
+    runs = [simulate(spec, K0, width=6, n_init=60, seed=100 + k) for k in range(40)]
+    var = np.array([r.C_var for r in runs])
+    reported = np.array([r.C_var_stderr for r in runs])
+    ratio = var.std(0, ddof=1) / np.sqrt((reported**2).mean(0))
+    print(f"\nspread of C_var over replicas / reported stderr: "
+          f"{ratio.min():.2f}..{ratio.max():.2f}")
+    assert np.all((ratio > 0.6) & (ratio < 1.5))
+    pooled = var.mean(0)
+    combined = simulate(spec, K0, width=6, n_init=2400, seed=99)
+    z = (combined.C_var - pooled) / np.sqrt(combined.C_var_stderr**2 + var.var(0) / 40)
+    assert np.max(np.abs(z)) < Z_MAX
+
+
+def test_progress_output(capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
+    monkeypatch.setattr(mc, "PROGRESS_DELAY", 0.0)
     simulate(spec_for("resnet", "gelu", 0.5), K0, width=10, n_init=40, seed=0, progress=True)
     lines = capsys.readouterr().err.strip().splitlines()
     assert 5 <= len(lines) <= 11
-    assert "40/40 initializations (100%)" in lines[-1]
+    assert "40/40 initializations" in lines[-1] and "100%" in lines[-1]
+    assert "left" in lines[0] and "[" in lines[0]
+    # short runs stay quiet with the default delay
+    monkeypatch.setattr(mc, "PROGRESS_DELAY", 60.0)
+    simulate(spec_for("resnet", "gelu", 0.5), K0, width=10, n_init=40, seed=0, progress=True)
+    assert capsys.readouterr().err == ""
+
+
+def test_memory_refused_before_start(monkeypatch) -> None:
+    spec = spec_for("ffnet", "erf")
+    need = mc.memory_estimate("weights", 3000, 3, 2, 10, 10, False)
+    assert need > 8 * 10 * 3000**2  # the weight matrices of a batch
+    monkeypatch.setattr(mc, "available_memory", lambda: need - 1)
+    calls = []
+    monkeypatch.setattr(mc, "_run_chunk", lambda *a, **k: calls.append(a))
+    with pytest.raises(SpecError, match="memory"):
+        simulate(spec, K0, width=3000, n_init=10, seed=0, batch=10, method="weights")
+    assert not calls
+    kept = mc.memory_estimate("kernel", 10, 3, 2, 10**6, 10, True)
+    assert kept >= 8 * 2 * 10**6 * 4 * 4
 
 
 def test_bad_arguments() -> None:
