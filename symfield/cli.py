@@ -274,6 +274,30 @@ def _pairs_payload(result, depths: list[int]) -> dict:
     return out
 
 
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from .simulate import check_count, format_result, nngp_reference, result_payload, simulate
+
+    spec = network_spec(args)
+    width = check_count("width", args.width, 1)
+    inits = check_count("inits", args.inits, 2)
+    seed = check_count("seed", args.seed, 0)
+    batch = None if args.batch is None else check_count("batch", args.batch, 1)
+    workers = None if args.workers is None else check_count("workers", args.workers, 1)
+    K0 = _input_kernel(args)
+    if args.data is not None:  # echo the input layer's variances in the spec
+        from dataclasses import replace
+
+        spec = replace(spec, sw2_in=float(args.sw2_in), sb2_in=float(args.sb2_in))
+    result = simulate(spec, K0, width, inits, seed, batch, progress=not args.no_progress,
+                      method=args.method, workers=workers, scheduler=args.scheduler)
+    nngp = nngp_reference(spec, K0)
+    if args.json:
+        print(json.dumps(_jsonable(result_payload(result, nngp))))
+    else:
+        print(format_result(result, nngp))
+    return 0
+
+
 def _cmd_figures(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -350,6 +374,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sb2-in", default="0.0", help="input bias variance (with --data)")
     p.add_argument("--no-continuum", action="store_true", help="skip the continuum limit")
     p.set_defaults(func=_cmd_optimal_rho)
+
+    p = sub.add_parser("simulate", help="Monte Carlo of finite-width networks at initialization")
+    _add_network_flags(p)
+    p.add_argument("--width", default="100", help="hidden width N (>= 1)")
+    p.add_argument("--inits", default="1000", help="number of initializations (>= 2)")
+    p.add_argument("--seed", default="0", help="seed (>= 0); results depend only on it")
+    p.add_argument("--method", default="kernel",
+                   help="kernel (h ~ N(0, C) per layer: exact, fast) or weights (literal W)")
+    p.add_argument("--batch", default=None, help="initializations per batch (memory)")
+    p.add_argument("--data", default=None, help="X.npy (rows are inputs) instead of --K0")
+    p.add_argument("--sw2-in", default="1.0", help="input weight variance (with --data)")
+    p.add_argument("--sb2-in", default="0.0", help="input bias variance (with --data)")
+    p.add_argument("--workers", default=None,
+                   help="run on a local dask.distributed cluster of this many processes")
+    p.add_argument("--scheduler", default=None, help="address of an existing dask scheduler")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(func=_cmd_simulate)
 
     p = sub.add_parser("figures", help="optimal-rho figures as PNG (needs the plot extra)")
     p.add_argument("--out", default="figures", help="directory for the PNG files")

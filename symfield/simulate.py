@@ -225,7 +225,8 @@ def _sqrt_psd(c: np.ndarray) -> np.ndarray:
     return np.matmul(v * root[..., None, :], np.swapaxes(v, -1, -2))
 
 
-def _check_count(name: str, value: object, minimum: int) -> int:
+def check_count(name: str, value: object, minimum: int) -> int:
+    """``value`` as an integer ``>= minimum``, or :class:`SpecError` naming ``name``."""
     try:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
@@ -518,25 +519,25 @@ def simulate(spec: NetworkSpec, K0: np.ndarray, width: int, n_init: int, seed: i
     starts (:class:`SpecError` naming ``memory``).
     """
     K0 = check_kernel("K0", K0)
-    width = _check_count("width", width, 1)
-    n_init = _check_count("n_init", n_init, 2)
-    seed = _check_count("seed", seed, 0)
+    width = check_count("width", width, 1)
+    n_init = check_count("n_init", n_init, 2)
+    seed = check_count("seed", seed, 0)
     if method not in METHODS:
         raise SpecError("method", method, f"must be one of {', '.join(METHODS)}")
     if workers is not None:
-        workers = _check_count("workers", workers, 1)
+        workers = check_count("workers", workers, 1)
     depth, n_inputs = spec.depth, K0.shape[0]
     block = stat_block(depth, n_inputs)
     if batch is None:
         batch = _auto_batch(method, width, depth, n_inputs)
         if progress:  # at least ~20 batches, so that there is progress to report
             batch = min(batch, -(-n_init // 20))
-    batch = min(_check_count("batch", batch, 1), n_init)
+    batch = min(check_count("batch", batch, 1), n_init)
     distributed = workers is not None or scheduler is not None
     if chunk is None:  # local: ~50 progress steps; dask: ~4 tasks per worker
         parts = 4 * (workers or 2) if distributed else 50
         chunk = max(batch, -(-n_init // parts))
-    chunk = _check_count("chunk", chunk, 1)
+    chunk = check_count("chunk", chunk, 1)
     chunk = -(-chunk // block) * block
     bounds = _chunk_bounds(n_init, chunk)
 
@@ -640,4 +641,104 @@ def format_table(theory: np.ndarray, mean: np.ndarray, stderr: np.ndarray,
     lines = [f"{'entry':<{width}}  {'theory':>12}  {'MC mean':>12}  {'stderr':>10}  {'z':>7}"]
     lines += [f"{label:<{width}}  {t:12.6f}  {m:12.6f}  {s:10.2e}  {zz:7.2f}"
               for label, t, m, s, zz in rows]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ command-line output
+
+
+def _stats(mean: np.ndarray, stderr: np.ndarray, var: np.ndarray | None,
+           var_stderr: np.ndarray | None) -> dict[str, np.ndarray | None]:
+    return {"mean": mean, "mean_stderr": stderr, "var": var, "var_stderr": var_stderr}
+
+
+def result_payload(result: MonteCarloResult, nngp: dict | None = None) -> dict:
+    """The JSON-ready content of ``symfield simulate --json``.
+
+    ``layers[l]`` holds the empirical kernel ``K^(l)`` (``l = 0..L``) and, for
+    ``l >= 1``, the field ``C^(l)``; ``readout`` holds the readout field
+    ``C_out`` (its mean is the output kernel ``K_out = E[y_a y_b]``). Each has
+    ``mean``, ``mean_stderr``, ``var`` (over initializations) and ``var_stderr``.
+    ``nngp`` is the infinite-width kernel for comparison (or why it is missing).
+    """
+    r = result
+    layers = []
+    for layer in range(r.depth + 1):
+        k = _stats(r.K_mean[layer], r.K_stderr[layer],
+                   None if r.K_var is None else r.K_var[layer],
+                   None if r.K_var_stderr is None else r.K_var_stderr[layer])
+        c = None if layer == 0 else _stats(
+            r.C_mean[layer - 1], r.C_stderr[layer - 1],
+            None if r.C_var is None else r.C_var[layer - 1],
+            None if r.C_var_stderr is None else r.C_var_stderr[layer - 1])
+        layers.append({"layer": layer, "K": k, "C": c})
+    return {
+        "spec": r.spec.to_dict(), "K0": r.K0, "width": r.width, "inits": r.n_init,
+        "seed": r.seed, "method": r.method, "workers": r.workers, "chunks": r.chunks,
+        "stat_block": r.stat_block, "elapsed_seconds": r.elapsed,
+        "mean_stderr": "std(ddof=1) / sqrt(n) over the n initializations",
+        "var_stderr": VARIANCE_STDERR,
+        "layers": layers,
+        "readout": {"C_out": _stats(r.K_out_mean, r.K_out_stderr, r.K_out_var,
+                                    r.K_out_var_stderr)},
+        "nngp": nngp,
+    }
+
+
+def nngp_reference(spec: NetworkSpec, K0: np.ndarray) -> dict:
+    """The infinite-width kernels ``K^(0..L)`` and ``K_out`` from the generated code."""
+    from .ir import GenerationError
+    from .kernel import compute
+
+    try:
+        out = compute(spec, K0, layers=True)
+    except (SpecError, GenerationError, ArithmeticError, ImportError) as error:
+        return {"K_layers": None, "K_out": None, "reason": str(error)}
+    K_layers = np.asarray(out["K_layers"], dtype=float)
+    if spec.net == "ffnet":
+        C_layers = K_layers[1:]
+    elif spec.rho:  # K^(l) = K^(l-1) + rho^2 C^(l)
+        C_layers = np.diff(K_layers, axis=0) / spec.rho**2
+    else:
+        C_layers = None
+    return {"K_layers": K_layers, "C_layers": C_layers, "K_out": out["K_out"],
+            "moments": out["moments"]}
+
+
+def format_result(result: MonteCarloResult, nngp: dict | None = None) -> str:
+    """A text table: per layer and entry, mean +- stderr and variance +- stderr."""
+    r = result
+    spec = r.spec
+    head = (f"{spec.net} {spec.activation}  L={spec.depth}  sw2={spec.sw2} sb2={spec.sb2}"
+            + (f" rho={spec.rho}" if spec.rho is not None else "")
+            + f"  N={r.width}  inits={r.n_init}  seed={r.seed}  method={r.method}"
+            + f"  ({r.elapsed:.2f} s)")
+    theory = None if nngp is None else nngp.get("K_layers")
+    c_theory = None if nngp is None else nngp.get("C_layers")
+    rows = []
+    upper = [(a, b) for a in range(r.K0.shape[0]) for b in range(a, r.K0.shape[0])]
+
+    def add(label: str, mean, stderr, var, var_stderr, ref=None) -> None:
+        for a, b in upper:
+            rows.append((f"{label}[{a},{b}]", f"{mean[a, b]:.6g}", f"{stderr[a, b]:.2g}",
+                         f"{var[a, b]:.4g}", f"{var_stderr[a, b]:.2g}",
+                         "" if ref is None else f"{ref[a, b]:.6g}"))
+
+    for layer in range(r.depth + 1):
+        add(f"K^({layer})", r.K_mean[layer], r.K_stderr[layer], r.K_var[layer],
+            r.K_var_stderr[layer], None if theory is None else np.asarray(theory)[layer])
+        if layer:
+            add(f"C^({layer})", r.C_mean[layer - 1], r.C_stderr[layer - 1],
+                r.C_var[layer - 1], r.C_var_stderr[layer - 1],
+                None if c_theory is None else np.asarray(c_theory)[layer - 1])
+    add("C_out", r.K_out_mean, r.K_out_stderr, r.K_out_var, r.K_out_var_stderr,
+        None if nngp is None or nngp.get("K_out") is None else np.asarray(nngp["K_out"]))
+    titles = ("entry", "mean", "stderr", "variance", "stderr", "NNGP")
+    widths = [max(len(row[i]) for row in [titles, *rows]) for i in range(len(titles))]
+    lines = [head, "  ".join(t.ljust(w) if i == 0 else t.rjust(w)
+                             for i, (t, w) in enumerate(zip(titles, widths, strict=True)))]
+    lines += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                        for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+              for row in rows]
+    lines.append("variance over initializations; its stderr is " + VARIANCE_STDERR)
     return "\n".join(lines)

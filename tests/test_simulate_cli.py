@@ -1,0 +1,134 @@
+"""`symfield simulate`: JSON contract, data input, seeds and chunking, errors, dask."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from symfield import simulate as mc
+from symfield.cli import main
+from symfield.spec import NetworkSpec
+
+BASE = ["simulate", "--net", "resnet", "--activation", "erf", "--sw2", "1.25", "--sb2", "0.05",
+        "--rho", "0.6", "--depth", "3", "--K0", "0.8,0.3;0.3,0.5", "--width", "20",
+        "--inits", "50", "--seed", "1", "--no-progress"]
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict:
+    code, out, err = run(capsys, *argv, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_json_contract(capsys: pytest.CaptureFixture[str]) -> None:
+    payload = run_json(capsys, *BASE)
+    assert (payload["width"], payload["inits"], payload["seed"]) == (20, 50, 1)
+    assert payload["method"] == "kernel" and "m4" in payload["var_stderr"]
+    layers = payload["layers"]
+    assert [entry["layer"] for entry in layers] == [0, 1, 2, 3]
+    assert layers[0]["C"] is None
+    for entry in layers[1:]:
+        for field in ("K", "C"):
+            assert set(entry[field]) == {"mean", "mean_stderr", "var", "var_stderr"}
+            assert np.array(entry[field]["var_stderr"]).shape == (2, 2)
+    readout = payload["readout"]["C_out"]
+    # the same numbers as the Python API
+    spec = NetworkSpec("resnet", "erf", 1.25, 0.05, 3, rho=0.6)
+    direct = mc.simulate(spec, [[0.8, 0.3], [0.3, 0.5]], 20, 50, 1)
+    np.testing.assert_array_equal(np.array([e["K"]["var"] for e in layers]), direct.K_var)
+    np.testing.assert_array_equal(np.array(readout["mean"]), direct.K_out_mean)
+    np.testing.assert_array_equal(np.array(readout["var_stderr"]), direct.K_out_var_stderr)
+    nngp = payload["nngp"]
+    assert np.array(nngp["K_layers"]).shape == (4, 2, 2) and nngp["K_layers"][0] == [[0.8, 0.3],
+                                                                                     [0.3, 0.5]]
+    # K^(l) = K^(l-1) + rho^2 C^(l) at infinite width
+    np.testing.assert_allclose(np.diff(nngp["K_layers"], axis=0),
+                               0.36 * np.array(nngp["C_layers"]), rtol=1e-12)
+
+
+def test_text_output(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, *BASE)
+    assert code == 0
+    assert "N=20" in out and "inits=50" in out and "seed=1" in out
+    assert sum(line.startswith("C^(3)[") for line in out.splitlines()) == 3
+    assert any(line.startswith("C_out[0,1]") for line in out.splitlines())
+
+
+def test_same_numbers_whatever_the_batch(capsys: pytest.CaptureFixture[str]) -> None:
+    first = run_json(capsys, *BASE)
+    again = run_json(capsys, *BASE, "--batch", "3")
+    other = run_json(capsys, *BASE[:-2], "2", "--no-progress")
+    for payload in (first, again, other):
+        payload.pop("elapsed_seconds")
+        payload.pop("chunks")
+    assert first == again
+    assert first["layers"] != other["layers"]
+
+
+def test_data_enters_through_the_input_layer(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    X = np.array([[1.0, 0.5, -0.2], [0.3, -1.0, 0.8], [0.0, 0.4, 0.4]])
+    np.save(tmp_path / "x.npy", X)
+    payload = run_json(capsys, *BASE, "--data", str(tmp_path / "x.npy"), "--sw2-in", "2.0",
+                       "--sb2-in", "0.1")
+    want = 0.1 + 2.0 * X @ X.T / 3
+    np.testing.assert_allclose(payload["K0"], want, rtol=1e-15)
+    assert (payload["spec"]["sw2_in"], payload["spec"]["sb2_in"]) == (2.0, 0.1)
+    assert np.array(payload["layers"][0]["K"]["mean"]).shape == (3, 3)
+    # K_hat^(0) is an average of N products of h^(0) ~ N(0, K0)
+    z = (np.array(payload["layers"][0]["K"]["mean"]) - want) / np.array(
+        payload["layers"][0]["K"]["mean_stderr"])
+    assert np.max(np.abs(z)) < 4.5
+
+
+@pytest.mark.parametrize(("flag", "value"), [
+    ("--width", "0"), ("--inits", "1"), ("--depth", "0"), ("--rho", "-0.1"),
+    ("--activation", "sigmoidal"), ("--seed", "-3"), ("--workers", "0"), ("--width", "2.5"),
+    ("--method", "exact"), ("--batch", "x"), ("--inits", "nan"),
+])
+def test_bad_input_exits_2_with_one_line(capsys: pytest.CaptureFixture[str], flag: str,
+                                         value: str) -> None:
+    names = (f"{flag[2:]}={value!r}", f"{flag[2:]}={value}")  # parameter and value as typed
+    argv = list(BASE)
+    if flag in argv:
+        argv[argv.index(flag) + 1] = value
+    else:
+        argv += [flag, value]
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and any(n in err for n in names), err
+
+
+def test_memory_refused(capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
+    monkeypatch.setattr(mc, "available_memory", lambda: 1000)
+    code, out, err = run(capsys, *BASE)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and "memory=" in err and "available" in err
+
+
+def test_workers_without_dask(capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "dask.distributed", None)  # import fails
+    code, _, err = run(capsys, *BASE, "--workers", "2")
+    assert code == 2 and "workers=2" in err and 'pip install -e ".[dask]"' in err
+    code, _, err = run(capsys, *BASE, "--scheduler", "tcp://127.0.0.1:1")
+    assert code == 2 and "scheduler=" in err and "dask" in err
+
+
+def test_workers_give_the_same_numbers() -> None:
+    pytest.importorskip("dask.distributed")
+    spec = NetworkSpec("ffnet", "erf", 1.25, 0.05, 3)
+    K0 = np.array([[0.8, 0.3], [0.3, 0.5]])
+    local = mc.simulate(spec, K0, 12, 300, 4, batch=17)
+    spread = mc.simulate(spec, K0, 12, 300, 4, workers=2, chunk=64, keep_samples=True)
+    assert spread.workers == 2 and spread.chunks == 5
+    for name in ("K_mean", "K_stderr", "C_var", "C_var_stderr", "K_out_var"):
+        np.testing.assert_array_equal(getattr(local, name), getattr(spread, name))
+    assert spread.K_samples is not None and spread.K_samples.shape == (300, 4, 2, 2)
