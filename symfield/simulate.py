@@ -59,7 +59,7 @@ _STAT_BLOCK = 64
 #: Seconds a run must have taken before :func:`simulate` shows its progress bar.
 PROGRESS_DELAY = 2.0
 
-ArrayFunction = Callable[[np.ndarray], np.ndarray]
+ArrayFunction = Callable[..., np.ndarray]  # phi(x, out=None)
 
 
 def _heaviside(x: np.ndarray, h0: float = 0.5) -> np.ndarray:
@@ -94,13 +94,21 @@ def activation_function(activation: str | Activation) -> ArrayFunction:
         modules.append("scipy")
     modules.append("numpy")
     raw = sp.lambdify(X, phi, modules=modules)
+    # phi(x) = F(x) with F a numpy/scipy ufunc: call it directly, writing into ``out``
+    ufunc = {sp.erf: _erf if isinstance(_erf, np.ufunc) else None,
+             sp.tanh: np.tanh}.get(phi.func) if phi.args == (X,) else None
 
-    def phi_numpy(x: np.ndarray) -> np.ndarray:
+    def phi_numpy(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         x = np.asarray(x, dtype=float)
-        out = np.asarray(raw(x), dtype=float)
-        if out.shape != x.shape:  # a constant expression
-            out = np.broadcast_to(out, x.shape).copy()
-        return out
+        if ufunc is not None:
+            return ufunc(x, out=out)
+        value = np.asarray(raw(x), dtype=float)
+        if out is not None:
+            out[...] = value
+            return out
+        if value.shape != x.shape:  # a constant expression
+            value = np.broadcast_to(value, x.shape).copy()
+        return value
 
     phi_numpy.__doc__ = f"phi(x) = {sp.sstr(phi)} (numpy)"
     return phi_numpy
@@ -294,20 +302,27 @@ def _run_batch(spec: NetworkSpec, phi: ArrayFunction, sqrt_k0: np.ndarray,
     if literal:
         weights = np.empty((size, width, width))
         biases = np.empty((size, width))
-    h = layer_noise(0) @ sqrt_k0
+    # preallocated (b, N, P) buffers: h, phi(h) and the layer's update z
+    h, act, z = (np.empty((size, width, n_inputs)) for _ in range(3))
+    np.matmul(layer_noise(0), sqrt_k0, out=h)
     K[:, 0] = _gram(h) / width
     for layer in range(1, depth + 1):
-        act = phi(h)
+        phi(h, out=act)
         C[:, layer - 1] = spec.sb2 + (spec.sw2 / width) * _gram(act)
         if literal:
             for gen, w, b in zip(gens, weights, biases, strict=True):
                 gen.standard_normal(out=w)
                 gen.standard_normal(out=b)
-            z = math.sqrt(spec.sw2 / width) * (weights @ act)
+            np.matmul(weights, act, out=z)
+            z *= math.sqrt(spec.sw2 / width)
             z += math.sqrt(spec.sb2) * biases[:, :, None]
         else:
-            z = layer_noise(layer) @ _sqrt_psd(C[:, layer - 1])
-        h = z if rho is None else h + rho * z
+            np.matmul(layer_noise(layer), _sqrt_psd(C[:, layer - 1]), out=z)
+        if rho is None:
+            h, z = z, h
+        else:  # h + rho z, in place (the same rounding)
+            z *= rho
+            h += z
         K[:, layer] = _gram(h) / width
     C[:, depth] = spec.sb2_out + (spec.sw2_out / width) * _gram(phi(h))
     return K, C
