@@ -72,12 +72,15 @@ def _case(name: str, seconds: float, baseline_seconds: float, baseline: str,
 
 
 def run(repeats: int = 5, progress: bool = True, *, P: int = 100, depth: int = 1000,
-        n_rho: int = 50, with_optimal: bool = True) -> dict[str, Any]:
+        n_rho: int = 50, with_optimal: bool = True,
+        with_simulate: bool | None = None) -> dict[str, Any]:
     """Time the generated ``erf.resnet`` against :func:`baseline_resnet`; a JSON-ready dict.
 
     Cases: one kernel (``responses=False``) and one kernel with responses against
     the baseline loop, and an ``n_rho`` sweep in one batched call against
     ``n_rho`` baseline calls and ``n_rho`` single generated calls.
+    ``with_simulate`` (default: as ``with_optimal``) adds the Monte Carlo row:
+    the kernel-space sampler against the literal-weights sampler.
     """
     from generated import erf
 
@@ -124,6 +127,9 @@ def run(repeats: int = 5, progress: bool = True, *, P: int = 100, depth: int = 1
     ]
     optimal = _optimal_cases(repeats, progress) if with_optimal else {}
     cases += optimal.pop("cases", [])
+    if with_optimal if with_simulate is None else with_simulate:
+        optimal["simulate"] = simulate_cases(repeats, progress)
+        cases += optimal["simulate"].pop("cases")
     return {
         "cases": cases,
         **optimal,
@@ -187,6 +193,39 @@ def _optimal_cases(repeats: int, progress: bool) -> dict[str, Any]:
     }
 
 
+SIMULATE_TARGET = 50.0  # issue 8: kernel-space sampler >= 50x the literal-weights sampler
+
+
+def simulate_cases(repeats: int, progress: bool, *, width: int = 500, depth: int = 100,
+                   n_init: int = 1000, n_slice: int = 4) -> dict[str, Any]:
+    """Monte Carlo, P = 2: the kernel-space sampler on ``n_init`` initializations against
+    the literal-weights sampler timed on ``n_slice`` of them and scaled by
+    ``n_init / n_slice`` (its cost is linear in the initializations: ``N^2`` normal
+    numbers per layer each). Minimum over ``min(repeats, 3)`` interleaved runs."""
+    from .simulate import simulate
+    from .spec import NetworkSpec
+
+    spec = NetworkSpec("resnet", "erf", SW2, SB2, depth, rho=0.5)
+    K0 = np.array([[0.5, 0.3], [0.3, 0.8]])
+    (t_kernel, t_slice), _ = _min_times(
+        [lambda: simulate(spec, K0, width, n_init, 1),
+         lambda: simulate(spec, K0, width, n_slice, 1, method="weights")],
+        min(repeats, 3), f"Monte Carlo P=2 L={depth} N={width}",
+        [f"kernel-space ({n_init} inits)", f"literal weights ({n_slice} inits)"], progress)
+    t_weights = t_slice * n_init / n_slice
+    name = (f"Monte Carlo P=2 L={depth} N={width} {n_init} inits, kernel-space vs "
+            "literal weights")
+    case = _case(name, t_kernel, t_weights,
+                 f"literal weights ({n_slice} inits timed, x{n_init // n_slice})",
+                 SIMULATE_TARGET)
+    return {"cases": [case], "kernel_seconds": float(t_kernel),
+            "weights_seconds_scaled": float(t_weights), "weights_slice_inits": n_slice,
+            "weights_slice_seconds": float(t_slice), "ratio": case["ratio"],
+            "target": SIMULATE_TARGET, "met": case["met"],
+            "config": {"P": 2, "depth": depth, "width": width, "inits": n_init,
+                       "net": "resnet", "activation": "erf", "rho": 0.5}}
+
+
 def _fmt_time(seconds: float) -> str:
     if seconds >= 1.0:
         return f"{seconds:.2f} s"
@@ -231,4 +270,10 @@ def format_table(result: dict[str, Any]) -> str:
                   f"{result['grid_search_relative_gap']:.1e} relative",
                   f"rho* map 50 x 50 at L=100: {_fmt_time(result['map_50x50_seconds'])} "
                   f"(target < {result['map_target_seconds']:g} s: {_yes_no(result['map_met'])})"]
+    if "simulate" in result:
+        sim = result["simulate"]
+        lines.append(f"Monte Carlo: kernel-space {_fmt_time(sim['kernel_seconds'])}, literal "
+                     f"weights {_fmt_time(sim['weights_seconds_scaled'])} (scaled from "
+                     f"{sim['weights_slice_inits']} inits): {sim['ratio']:.0f}x (target >= "
+                     f"{sim['target']:g}x: {_yes_no(sim['met'])})")
     return "\n".join(lines)

@@ -132,3 +132,16 @@ def test_workers_give_the_same_numbers() -> None:
     for name in ("K_mean", "K_stderr", "C_var", "C_var_stderr", "K_out_var"):
         np.testing.assert_array_equal(getattr(local, name), getattr(spread, name))
     assert spread.K_samples is not None and spread.K_samples.shape == (300, 4, 2, 2)
+
+
+def test_bench_simulate_rows() -> None:
+    from symfield import bench
+
+    result = bench.simulate_cases(1, False, width=8, depth=2, n_init=12, n_slice=4)
+    (case,) = result["cases"]
+    assert case["target"] == bench.SIMULATE_TARGET and case["met"] == (case["ratio"] >= 50)
+    assert result["weights_seconds_scaled"] == pytest.approx(3 * result["weights_slice_seconds"])
+    assert case["ratio"] == pytest.approx(result["weights_seconds_scaled"]
+                                          / result["kernel_seconds"])
+    assert result["config"]["inits"] == 12
+    json.dumps(result)
