@@ -188,6 +188,114 @@ def rho_star_vs_depth(out: Path, activations=("erf", "relu", "tanh"),
     return summary
 
 
+MC_SW2, MC_SB2, MC_RHO, MC_K0 = 1.2, 0.2, 0.5, 0.5
+MC_WIDTH, MC_INITS, MC_DEPTH = 500, 1000, 20
+MC_STEP = 1e-2  # relative step of K^(0)_11 for the finite-difference response
+
+
+def nlo_band(spec, K0: np.ndarray, width: int) -> tuple[dict | None, str | None]:
+    """Hook for the 1/N band: ``symfield.nlo.kernel_band(spec, K0, width)``.
+
+    The 1/N expansion lives in another module (``symfield nlo``). It is used when
+    ``symfield.nlo`` exposes ``kernel_band`` returning a dict with ``K_mean`` and
+    ``K_std`` (arrays ``(L+1, P, P)``: the kernel's mean to O(1/N) and its
+    standard deviation over networks); otherwise no band is drawn and the reason
+    is returned.
+    """
+    try:
+        from . import nlo  # type: ignore[attr-defined]
+    except ImportError:
+        return None, "symfield.nlo is not available: the 1/N band is not drawn"
+    band = getattr(nlo, "kernel_band", None)
+    if not callable(band):
+        return None, "symfield.nlo has no kernel_band(spec, K0, width): the 1/N band is not drawn"
+    try:
+        return band(spec, K0, width), None
+    except (SpecError, ArithmeticError, ValueError) as error:
+        return None, f"symfield.nlo.kernel_band failed ({error}): the 1/N band is not drawn"
+
+
+def montecarlo_vs_depth(out: Path, quick: bool = False, progress: bool = False) -> dict:
+    """Fischer-Dahmen-Helias Fig. 2 analog: K^(l)_11 and the response against depth.
+
+    ResNet and FFNet (erf), one input. Monte Carlo of width-N networks: the
+    mean over initializations (points) and the spread +- 1 s.d. over networks
+    (band); the NNGP kernel and response (lines) from the generated code. The
+    response of each network is a central difference in K^(0)_11 with common
+    random numbers (the same seed, so the same per-initialization streams).
+    """
+    from .kernel import compute
+    from .simulate import simulate
+    from .spec import NetworkSpec
+
+    plt = _pyplot()
+    inits, depth = (100, 10) if quick else (MC_INITS, MC_DEPTH)
+    K0 = np.array([[MC_K0]])
+    step = MC_STEP * MC_K0
+    layers = np.arange(depth + 1)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+    summary: dict[str, object] = {
+        "file": "fig2_montecarlo_kernel_response.png", "activation": "erf", "sw2": MC_SW2,
+        "sb2": MC_SB2, "rho": MC_RHO, "K0": MC_K0, "width": MC_WIDTH, "inits": inits,
+        "depth": depth, "seed": 1, "response": f"central difference, step {step:g} in K0_11"}
+    missing = False
+    for k, (net, rho) in enumerate((("resnet", MC_RHO), ("ffnet", None))):
+        spec = NetworkSpec(net, "erf", MC_SW2, MC_SB2, depth, rho=rho)
+        runs = [simulate(spec, K0 + shift, MC_WIDTH, inits, seed=1, keep_samples=shift != 0,
+                         progress=progress) for shift in (0.0, step, -step)]
+        assert runs[1].K_samples is not None and runs[2].K_samples is not None
+        chi = (runs[1].K_samples[:, :, 0, 0] - runs[2].K_samples[:, :, 0, 0]) / (2 * step)
+        theory = compute(spec, K0, layers=True)
+        color = f"C{k}"
+        mean, spread = runs[0].K_mean[:, 0, 0], np.sqrt(runs[0].K_var[:, 0, 0])
+        axes[0].fill_between(layers, mean - spread, mean + spread, color=color, alpha=0.2,
+                             lw=0)
+        axes[0].errorbar(layers, mean, yerr=runs[0].K_stderr[:, 0, 0], fmt="o", ms=3,
+                         color=color, label=rf"{net}: Monte Carlo mean, $\pm$1 s.d. band")
+        axes[0].plot(layers, theory["K_layers"][:, 0, 0], "-", color=color, lw=1.2,
+                     label=f"{net}: NNGP")
+        chi_mean, chi_sd = chi.mean(axis=0), chi.std(axis=0, ddof=1)
+        # log axis: the lower edge of the band is clipped at a tenth of the mean
+        axes[1].fill_between(layers, np.maximum(chi_mean - chi_sd, 0.1 * chi_mean),
+                             chi_mean + chi_sd, color=color, alpha=0.2, lw=0)
+        axes[1].plot(layers, chi_mean, "o", ms=3, color=color,
+                     label=rf"{net}: Monte Carlo mean, $\pm$1 s.d. band")
+        axes[1].plot(layers, theory["chi_layers"][:, 0, 0], "-", color=color, lw=1.2,
+                     label=f"{net}: NNGP")
+        band, reason = nlo_band(spec, K0, MC_WIDTH)
+        missing = missing or band is None
+        if band is not None:
+            lo = band["K_mean"][:, 0, 0] - band["K_std"][:, 0, 0]
+            hi = band["K_mean"][:, 0, 0] + band["K_std"][:, 0, 0]
+            axes[0].plot(layers, lo, ":", color=color, lw=1)
+            axes[0].plot(layers, hi, ":", color=color, lw=1, label=f"{net}: 1/N theory band")
+        chi_stderr = chi_sd / math.sqrt(inits)
+        summary[net] = {
+            "K_mean": mean.tolist(), "K_sd": spread.tolist(),
+            "K_stderr": runs[0].K_stderr[:, 0, 0].tolist(),
+            "K_nngp": theory["K_layers"][:, 0, 0].tolist(),
+            "chi_mean": chi_mean.tolist(), "chi_sd": chi_sd.tolist(),
+            "chi_stderr": chi_stderr.tolist(), "chi_nngp": theory["chi_layers"][:, 0, 0].tolist(),
+            "nlo_band": reason or "drawn (dotted)", "seconds": sum(r.elapsed for r in runs)}
+    axes[0].set(xlabel=r"layer $l$", ylabel=r"$K^{(l)}_{11}$", title="kernel")
+    axes[1].set(xlabel=r"layer $l$", yscale="log",
+                ylabel=r"$\chi^{(l)}_{11} = \partial K^{(l)}_{11} / \partial K^{(0)}_{11}$",
+                title="response")
+    for ax in axes:
+        ax.legend(fontsize=7)
+    fig.text(0.5, 0.01,
+             rf"erf, $\sigma_w^2 = {MC_SW2}$, $\sigma_b^2 = {MC_SB2}$, ResNet $\rho = {MC_RHO}$, "
+             rf"$K^{{(0)}}_{{11}} = {MC_K0}$; $N = {MC_WIDTH}$, {inits} initializations "
+             r"(seed 1)" "\n" r"points: Monte Carlo mean, bands: $\pm 1$ s.d. over networks, "
+             "lines: NNGP (generated code)"
+             + ("; dotted: 1/N theory" if not missing else "; no 1/N band (symfield.nlo absent)"),
+             ha="center", fontsize=7.5)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.savefig(out / str(summary["file"]), dpi=110)
+    plt.close(fig)
+    return summary
+
+
 def make_figures(out: Path, progress: bool = True, quick: bool = False) -> dict:
     """All figures into ``out``; returns (and writes) the JSON summary."""
     out.mkdir(parents=True, exist_ok=True)
@@ -199,6 +307,7 @@ def make_figures(out: Path, progress: bool = True, quick: bool = False) -> dict:
         ("map_erf", lambda: hyperparameter_map(out, "erf", size=12 if quick else 50)),
         ("depth", lambda: rho_star_vs_depth(out, depths=(10, 50) if quick else
                                             (10, 20, 50, 100, 200, 500))),
+        ("fig2_montecarlo", lambda: montecarlo_vs_depth(out, quick=quick, progress=progress)),
     ]
     for name, step in steps:
         start = time.perf_counter()

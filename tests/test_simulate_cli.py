@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 
@@ -145,3 +146,21 @@ def test_bench_simulate_rows() -> None:
                                           / result["kernel_seconds"])
     assert result["config"]["inits"] == 12
     json.dumps(result)
+
+
+def test_montecarlo_figure_quick(tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    from symfield import figures
+
+    summary = figures.montecarlo_vs_depth(tmp_path, quick=True)
+    assert (tmp_path / summary["file"]).stat().st_size > 10_000
+    assert summary["width"] == 500 and summary["inits"] == 100
+    for net in ("resnet", "ffnet"):
+        row = summary[net]
+        # Monte Carlo against the NNGP lines (finite-width bias ~ 1/N, far below the errors)
+        z_K = (np.array(row["K_mean"]) - row["K_nngp"]) / np.maximum(row["K_stderr"], 1e-300)
+        z_chi = (np.array(row["chi_mean"]) - row["chi_nngp"]) / np.array(row["chi_stderr"])
+        assert np.max(np.abs(z_K)) < 4.5 and np.max(np.abs(z_chi)) < 4.5
+        assert row["chi_nngp"][0] == 1.0 and row["chi_mean"][0] == pytest.approx(1.0, abs=0.05)
+        if importlib.util.find_spec("symfield.nlo") is None:
+            assert "not drawn" in row["nlo_band"]
