@@ -501,7 +501,7 @@ def _dask_client(workers: int | None, scheduler: str | None):
 
     if scheduler:
         try:
-            return Client(scheduler, timeout="10s"), None
+            return Client(scheduler, timeout="5s"), None
         except (OSError, TimeoutError, ValueError) as error:
             raise SpecError("scheduler", scheduler,
                             f"cannot connect to a dask scheduler there ({error})") from None

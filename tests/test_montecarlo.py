@@ -207,6 +207,13 @@ def test_kernel_sampler_matches_literal_weights(net: str, rho: float | None) -> 
         worst = max(worst, float(np.max(np.abs(z))))
         print(f"\n{net} {field}: {z.size} means and covariances, max |z| = "
               f"{np.max(np.abs(z)):.2f} (kernel vs weights sampler)")
+    # the variances over initializations with their printed standard errors
+    a, b = runs
+    for name in ("K", "C"):
+        z = ((getattr(a, f"{name}_var") - getattr(b, f"{name}_var"))
+             / np.hypot(getattr(a, f"{name}_var_stderr"), getattr(b, f"{name}_var_stderr")))
+        worst = max(worst, float(np.max(np.abs(z))))
+        print(f"{net} {name}_var: max |z| = {np.max(np.abs(z)):.2f}")
     assert worst <= Z_MAX
 
 

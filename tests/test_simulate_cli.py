@@ -133,6 +133,14 @@ def test_workers_give_the_same_numbers() -> None:
     for name in ("K_mean", "K_stderr", "C_var", "C_var_stderr", "K_out_var"):
         np.testing.assert_array_equal(getattr(local, name), getattr(spread, name))
     assert spread.K_samples is not None and spread.K_samples.shape == (300, 4, 2, 2)
+    # an existing cluster, by address
+    from dask.distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                      dashboard_address=None) as cluster:
+        remote = mc.simulate(spec, K0, 12, 300, 4, scheduler=cluster.scheduler_address)
+    for name in ("K_mean", "C_var_stderr"):
+        np.testing.assert_array_equal(getattr(local, name), getattr(remote, name))
 
 
 def test_bench_simulate_rows() -> None:
