@@ -289,7 +289,12 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
         spec = replace(spec, sw2_in=float(args.sw2_in), sb2_in=float(args.sb2_in))
     result = simulate(spec, K0, width, inits, seed, batch, progress=not args.no_progress,
-                      method=args.method, workers=workers, scheduler=args.scheduler)
+                      method=args.method, workers=workers, scheduler=args.scheduler,
+                      keep_samples=args.save_samples is not None)
+    if args.save_samples is not None:
+        from .simulate import save_samples
+
+        save_samples(result, args.save_samples)
     nngp = nngp_reference(spec, K0)
     if args.json:
         print(json.dumps(_jsonable(result_payload(result, nngp))))
@@ -390,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run on a local dask.distributed cluster of this many processes")
     p.add_argument("--scheduler", default=None, help="address of an existing dask scheduler")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--save-samples", default=None, metavar="FILE.npz",
+                   help="also write every initialization's K^(l) and C^(l) to FILE.npz")
     p.set_defaults(func=_cmd_simulate)
 
     p = sub.add_parser("figures", help="optimal-rho figures as PNG (needs the plot extra)")

@@ -108,6 +108,30 @@ def test_bad_input_exits_2_with_one_line(capsys: pytest.CaptureFixture[str], fla
     assert len(err.strip().splitlines()) == 1 and any(n in err for n in names), err
 
 
+def test_save_samples(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "samples.npz"
+    payload = run_json(capsys, *BASE, "--save-samples", str(path))
+    saved = np.load(path)
+    assert saved["K"].shape == saved["C"].shape == (50, 4, 2, 2)
+    np.testing.assert_allclose(saved["K"][:, 3].mean(0), payload["layers"][3]["K"]["mean"],
+                               rtol=1e-13)
+    np.testing.assert_allclose(saved["C"][:, 1].var(0, ddof=1), payload["layers"][2]["C"]["var"],
+                               rtol=1e-12)
+    np.testing.assert_allclose(saved["C"][:, -1].mean(0), payload["readout"]["C_out"]["mean"],
+                               rtol=1e-13)
+    code, _, err = run(capsys, *BASE, "--save-samples", str(tmp_path / "no" / "x.npz"))
+    assert code == 2 and "save_samples=" in err
+
+
+def test_progress_bar_on_a_terminal(capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
+    monkeypatch.setattr(mc, "PROGRESS_DELAY", 0.0)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    code, out, err = run(capsys, *BASE[:-1], "--json")
+    assert code == 0 and json.loads(out)["inits"] == 50
+    assert err.startswith("\r") and err.endswith("\n") and err.count("\n") == 1
+    assert "50/50 initializations" in err.split("\r")[-1] and "100%" in err
+
+
 def test_memory_refused(capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
     monkeypatch.setattr(mc, "available_memory", lambda: 1000)
     code, out, err = run(capsys, *BASE)
