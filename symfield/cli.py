@@ -295,7 +295,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         from .simulate import save_samples
 
         save_samples(result, args.save_samples)
-    nngp = nngp_reference(spec, K0)
+    nngp = None if args.no_nngp else nngp_reference(spec, K0)
     if args.json:
         print(json.dumps(_jsonable(result_payload(result, nngp))))
     else:
@@ -395,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run on a local dask.distributed cluster of this many processes")
     p.add_argument("--scheduler", default=None, help="address of an existing dask scheduler")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--no-nngp", action="store_true",
+                   help="skip the NNGP reference (a user activation generates code for it)")
     p.add_argument("--save-samples", default=None, metavar="FILE.npz",
                    help="also write every initialization's K^(l) and C^(l) to FILE.npz")
     p.set_defaults(func=_cmd_simulate)

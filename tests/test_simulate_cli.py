@@ -56,6 +56,12 @@ def test_json_contract(capsys: pytest.CaptureFixture[str]) -> None:
                                0.36 * np.array(nngp["C_layers"]), rtol=1e-12)
 
 
+def test_no_nngp(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_json(capsys, *BASE, "--no-nngp")["nngp"] is None
+    code, out, _ = run(capsys, *BASE, "--no-nngp")
+    assert code == 0 and "C_out[0,0]" in out
+
+
 def test_text_output(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, *BASE)
     assert code == 0
