@@ -194,25 +194,45 @@ MC_STEP = 1e-2  # relative step of K^(0)_11 for the finite-difference response
 
 
 def nlo_band(spec, K0: np.ndarray, width: int) -> tuple[dict | None, str | None]:
-    """Hook for the 1/N band: ``symfield.nlo.kernel_band(spec, K0, width)``.
+    """Hook for the 1/N band of the kernel ``K^(l)_11`` from ``symfield.nlo``.
 
-    The 1/N expansion lives in another module (``symfield nlo``). It is used when
-    ``symfield.nlo`` exposes ``kernel_band`` returning a dict with ``K_mean`` and
-    ``K_std`` (arrays ``(L+1, P, P)``: the kernel's mean to O(1/N) and its
-    standard deviation over networks); otherwise no band is drawn and the reason
-    is returned.
+    Returns ``({"K_mean": (L+1,), "K_std": (L+1,)}, None)`` -- the kernel's mean
+    to O(1/N) and its standard deviation over networks -- or ``(None, reason)``.
+    The 1/N expansion is another module (``symfield nlo``); it is used when it
+    exposes ``kernel_band(spec, K0, width)`` (that contract), or else
+    ``one_loop(spec, K0, moments_for(activation))`` with per-field saddle
+    ``mean``, ``N Cov`` ``V`` and ``N`` mean ``shift`` (see :func:`band_from_one_loop`).
+    Otherwise no band is drawn and the reason is returned.
     """
     try:
         from . import nlo  # type: ignore[attr-defined]
     except ImportError:
         return None, "symfield.nlo is not available: the 1/N band is not drawn"
-    band = getattr(nlo, "kernel_band", None)
-    if not callable(band):
-        return None, "symfield.nlo has no kernel_band(spec, K0, width): the 1/N band is not drawn"
     try:
-        return band(spec, K0, width), None
-    except (SpecError, ArithmeticError, ValueError) as error:
-        return None, f"symfield.nlo.kernel_band failed ({error}): the 1/N band is not drawn"
+        if callable(getattr(nlo, "kernel_band", None)):
+            band = nlo.kernel_band(spec, K0, width)
+            return {key: np.asarray(band[key], dtype=float) for key in ("K_mean", "K_std")}, None
+        if callable(getattr(nlo, "one_loop", None)) and callable(getattr(nlo, "moments_for",
+                                                                         None)):
+            loop = nlo.one_loop(spec, float(K0[0, 0]), nlo.moments_for(spec.activation))
+            return band_from_one_loop(loop, float(K0[0, 0]), width), None
+    except (AttributeError, KeyError, TypeError, IndexError, ValueError, ArithmeticError,
+            ImportError) as error:
+        return None, f"symfield.nlo could not be used ({error}): the 1/N band is not drawn"
+    return None, ("symfield.nlo exposes neither kernel_band nor one_loop/moments_for: "
+                  "the 1/N band is not drawn")
+
+
+def band_from_one_loop(loop, K0: float, width: int) -> dict:
+    """``K^(0..L)`` band from a one-loop result (P = 1): ``loop.fields.k_index`` indexes
+    the hidden kernels ``K^(1..L)`` among the fields, ``loop.mean`` their saddle values,
+    ``loop.shift`` ``N (E[K] - K*)`` and ``loop.V`` ``N Cov``. ``K^(0)`` is the average of
+    ``N`` squares of ``N(0, K0)`` numbers: mean ``K0``, variance ``2 K0^2 / N``."""
+    k = np.asarray(loop.fields.k_index, dtype=int)
+    mean = np.asarray(loop.mean, dtype=float)[k] + np.asarray(loop.shift, dtype=float)[k] / width
+    var = np.diag(np.asarray(loop.V, dtype=float))[k] / width
+    return {"K_mean": np.concatenate([[K0], mean]),
+            "K_std": np.sqrt(np.concatenate([[2.0 * K0**2 / width], var]))}
 
 
 def montecarlo_vs_depth(out: Path, quick: bool = False, progress: bool = False) -> dict:
@@ -265,8 +285,8 @@ def montecarlo_vs_depth(out: Path, quick: bool = False, progress: bool = False) 
         band, reason = nlo_band(spec, K0, MC_WIDTH)
         missing = missing or band is None
         if band is not None:
-            lo = band["K_mean"][:, 0, 0] - band["K_std"][:, 0, 0]
-            hi = band["K_mean"][:, 0, 0] + band["K_std"][:, 0, 0]
+            lo = band["K_mean"] - band["K_std"]
+            hi = band["K_mean"] + band["K_std"]
             axes[0].plot(layers, lo, ":", color=color, lw=1)
             axes[0].plot(layers, hi, ":", color=color, lw=1, label=f"{net}: 1/N theory band")
         chi_stderr = chi_sd / math.sqrt(inits)
@@ -277,6 +297,9 @@ def montecarlo_vs_depth(out: Path, quick: bool = False, progress: bool = False) 
             "chi_mean": chi_mean.tolist(), "chi_sd": chi_sd.tolist(),
             "chi_stderr": chi_stderr.tolist(), "chi_nngp": theory["chi_layers"][:, 0, 0].tolist(),
             "nlo_band": reason or "drawn (dotted)", "seconds": sum(r.elapsed for r in runs)}
+        if band is not None:
+            summary[net].update(K_nlo_mean=band["K_mean"].tolist(),
+                                K_nlo_std=band["K_std"].tolist())
     axes[0].set(xlabel=r"layer $l$", ylabel=r"$K^{(l)}_{11}$", title="kernel")
     axes[1].set(xlabel=r"layer $l$", yscale="log",
                 ylabel=r"$\chi^{(l)}_{11} = \partial K^{(l)}_{11} / \partial K^{(0)}_{11}$",

@@ -202,3 +202,35 @@ def test_montecarlo_figure_quick(tmp_path) -> None:
         assert row["chi_nngp"][0] == 1.0 and row["chi_mean"][0] == pytest.approx(1.0, abs=0.05)
         if importlib.util.find_spec("symfield.nlo") is None:
             assert "not drawn" in row["nlo_band"]
+
+
+def test_band_from_one_loop_arithmetic() -> None:
+    from types import SimpleNamespace
+
+    from symfield.figures import band_from_one_loop
+
+    # fields C1, K1, C2, K2, C_out; N = 100
+    loop = SimpleNamespace(fields=SimpleNamespace(k_index=np.array([1, 3])),
+                           mean=np.array([0.6, 0.8, 0.7, 1.1, 0.5]),
+                           shift=np.array([1.0, -2.0, 3.0, 5.0, 0.0]),
+                           V=np.diag([1.0, 4.0, 9.0, 16.0, 25.0]))
+    band = band_from_one_loop(loop, 0.5, 100)
+    np.testing.assert_allclose(band["K_mean"], [0.5, 0.8 - 0.02, 1.1 + 0.05])
+    np.testing.assert_allclose(band["K_std"], [np.sqrt(2 * 0.25 / 100), 0.2, 0.4])
+
+
+def test_nlo_band_against_monte_carlo() -> None:
+    """After the merge with `symfield nlo`: its band against the Monte Carlo (P = 1)."""
+    from symfield.figures import nlo_band
+
+    spec = NetworkSpec("resnet", "erf", 1.2, 0.2, 5, rho=0.5)
+    K0 = np.array([[0.5]])
+    band, reason = nlo_band(spec, K0, 50)
+    if band is None:
+        pytest.skip(reason)
+    result = mc.simulate(spec, K0, 50, 4000, 3)
+    z_mean = (result.K_mean[:, 0, 0] - band["K_mean"]) / result.K_stderr[:, 0, 0]
+    z_var = (result.K_var[:, 0, 0] - band["K_std"] ** 2) / result.K_var_stderr[:, 0, 0]
+    print(f"\nnlo band vs MC (N = 50): max |z| mean {np.max(np.abs(z_mean)):.2f}, "
+          f"variance {np.max(np.abs(z_var)):.2f}")
+    assert np.max(np.abs(z_mean)) < 4.5 and np.max(np.abs(z_var)) < 4.5
