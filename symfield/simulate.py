@@ -557,6 +557,7 @@ def simulate(spec: NetworkSpec, K0: np.ndarray, width: int, n_init: int, seed: i
     if workers is not None:
         workers = check_count("workers", workers, 1)
     depth, n_inputs = spec.depth, K0.shape[0]
+    _phi_cached(spec.activation)  # a bad activation fails here, before any work
     block = stat_block(depth, n_inputs)
     if batch is None:
         batch = _auto_batch(method, width, depth, n_inputs)
