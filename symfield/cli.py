@@ -283,6 +283,14 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     seed = check_count("seed", args.seed, 0)
     batch = None if args.batch is None else check_count("batch", args.batch, 1)
     workers = None if args.workers is None else check_count("workers", args.workers, 1)
+    if workers is not None and args.scheduler is not None:
+        raise SpecError("workers", args.workers, "give either --workers (a local cluster) or "
+                                                 "--scheduler (an existing one), not both")
+    if args.save_samples is not None:
+        from pathlib import Path
+
+        if not Path(args.save_samples).resolve().parent.is_dir():
+            raise SpecError("save_samples", args.save_samples, "its directory does not exist")
     K0 = _input_kernel(args)
     if args.data is not None:  # echo the input layer's variances in the spec
         from dataclasses import replace

@@ -126,7 +126,9 @@ def test_save_samples(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     np.testing.assert_allclose(saved["C"][:, -1].mean(0), payload["readout"]["C_out"]["mean"],
                                rtol=1e-13)
     code, _, err = run(capsys, *BASE, "--save-samples", str(tmp_path / "no" / "x.npz"))
-    assert code == 2 and "save_samples=" in err
+    assert code == 2 and "save_samples=" in err and "directory" in err
+    code, _, err = run(capsys, *BASE, "--workers", "2", "--scheduler", "tcp://127.0.0.1:1")
+    assert code == 2 and "workers=" in err and "not both" in err
 
 
 def test_progress_bar_on_a_terminal(capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
