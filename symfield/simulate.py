@@ -139,8 +139,11 @@ class MonteCarloResult:
     errors of means are ``std(ddof=1) / sqrt(n_init)``. ``*_var`` are the
     unbiased sample variances ``s^2`` over initializations and ``*_var_stderr``
     their standard errors ``sqrt((m4 - s^4 (n-3)/(n-1)) / n)`` (``m4`` the fourth
-    central sample moment; :data:`VARIANCE_STDERR`). ``C_samples`` / ``K_samples``
-    (``(n_init, L+1, P, P)``, same layouts) are kept only with ``keep_samples``.
+    central sample moment; :data:`VARIANCE_STDERR`). ``Y_*`` (``(P, P)``) are the
+    same for the empirical readout kernel ``y_a y_b`` of one readout unit
+    ``y = W_out phi(h^(L)) + b_out`` (``E[y_a y_b] = E[C_out] = K_out``).
+    ``C_samples`` / ``K_samples`` (``(n_init, L+1, P, P)``, same layouts) and
+    ``Y_samples`` (``(n_init, P, P)``) are kept only with ``keep_samples``.
     """
 
     K_mean: np.ndarray
@@ -167,6 +170,11 @@ class MonteCarloResult:
     chunks: int = 1
     workers: int | None = None
     stat_block: int = 0
+    Y_mean: np.ndarray | None = None
+    Y_stderr: np.ndarray | None = None
+    Y_var: np.ndarray | None = None
+    Y_var_stderr: np.ndarray | None = None
+    Y_samples: np.ndarray | None = None
 
     @property
     def depth(self) -> int:
@@ -261,7 +269,7 @@ def check_count(name: str, value: object, minimum: int) -> int:
 
 def _auto_batch(method: str, width: int, depth: int, n_inputs: int) -> int:
     per_init = width * width if method == "weights" else width * n_inputs * (depth + 1)
-    per_init = max(per_init, 2 * (depth + 1) * n_inputs * n_inputs)
+    per_init = max(per_init, _summary_size(depth, n_inputs))
     return max(1, _BATCH_FLOATS // per_init)
 
 
@@ -272,8 +280,12 @@ def stat_block(depth: int, n_inputs: int) -> int:
     consecutive initializations and merged in initialization order, so the
     results are bitwise the same for any batch size, chunking or worker count.
     """
-    per_init = 2 * (depth + 1) * n_inputs * n_inputs
-    return max(1, min(_STAT_BLOCK, _BATCH_FLOATS // per_init))
+    return max(1, min(_STAT_BLOCK, _BATCH_FLOATS // _summary_size(depth, n_inputs)))
+
+
+def _summary_size(depth: int, n_inputs: int) -> int:
+    """Floats recorded per initialization: ``K^(0..L)``, ``C^(1..L)``, ``C_out``, ``y y^T``."""
+    return (2 * (depth + 1) + 1) * n_inputs * n_inputs
 
 
 @functools.lru_cache(maxsize=16)
@@ -288,8 +300,11 @@ def _generator(seed: int, index: int) -> np.random.Generator:
 
 def _run_batch(spec: NetworkSpec, phi: ArrayFunction, sqrt_k0: np.ndarray,
                gens: Sequence[np.random.Generator], width: int,
-               method: str) -> tuple[np.ndarray, np.ndarray]:
-    """Simulate one batch; returns ``K`` and ``C`` of shape ``(b, L+1, P, P)``.
+               method: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Simulate one batch: ``K``, ``C`` of shape ``(b, L+1, P, P)`` and ``Y`` ``(b, P, P)``.
+
+    ``Y_ab = y_a y_b`` is the empirical kernel of one readout unit
+    ``y = W_out phi(h^(L)) + b_out``, drawn after everything else.
 
     Each initialization's stream is consumed in the same order whatever the
     batch: the kernel sampler draws ``N x P`` normals per layer (``l = 0..L``),
@@ -339,8 +354,25 @@ def _run_batch(spec: NetworkSpec, phi: ArrayFunction, sqrt_k0: np.ndarray,
             z *= rho
             h += z
         K[:, layer] = _gram(h) / width
-    C[:, depth] = spec.sb2_out + (spec.sw2_out / width) * _gram(phi(h))
-    return K, C
+    phi(h, out=act)
+    C[:, depth] = spec.sb2_out + (spec.sw2_out / width) * _gram(act)
+    # one readout unit y (last in each stream): literal W_out, b_out, or y ~ N(0, C_out)
+    y = np.empty((size, 1, n_inputs))
+    if literal:
+        w_out = np.empty((size, 1, width))
+        b_out = np.empty((size, 1, 1))
+        for gen, w, b in zip(gens, w_out, b_out, strict=True):
+            gen.standard_normal(out=w)
+            gen.standard_normal(out=b)
+        np.matmul(w_out, act, out=y)
+        y *= math.sqrt(spec.sw2_out / width)
+        y += math.sqrt(spec.sb2_out) * b_out
+    else:
+        for gen, row in zip(gens, y, strict=True):
+            gen.standard_normal(out=row)
+        y = np.matmul(y, _sqrt_psd(C[:, depth]))
+    Y = np.matmul(np.swapaxes(y, -1, -2), y)
+    return K, C, Y
 
 
 @dataclass(frozen=True)
@@ -362,7 +394,7 @@ class _ChunkResult:
     lo: int
     hi: int
     blocks: list[Moments]  # statistics blocks [lo, lo + block), ... in order
-    samples: np.ndarray | None  # (hi - lo, 2, L+1, P, P): K then C, with keep_samples
+    samples: np.ndarray | None  # (hi - lo, summary): K, C, Y flattened, with keep_samples
 
 
 def _run_chunk(job: _Job, lo: int, hi: int,
@@ -383,12 +415,13 @@ def _run_chunk(job: _Job, lo: int, hi: int,
     for b_lo in range(lo, hi, job.batch):
         b_hi = min(b_lo + job.batch, hi)
         gens = [_generator(job.seed, index) for index in range(b_lo, b_hi)]
-        K, C = _run_batch(spec, phi, sqrt_k0, gens, job.width, job.method)
-        if not (np.all(np.isfinite(K)) and np.all(np.isfinite(C))):
+        K, C, Y = _run_batch(spec, phi, sqrt_k0, gens, job.width, job.method)
+        if not (np.all(np.isfinite(K)) and np.all(np.isfinite(C)) and np.all(np.isfinite(Y))):
             raise FloatingPointError(
                 f"non-finite kernel in the Monte Carlo (activation {spec.activation!r} "
                 f"overflowed or is undefined on the sampled pre-activations)")
-        both = np.stack([K, C], axis=1)
+        both = np.concatenate([K.reshape(len(gens), -1), C.reshape(len(gens), -1),
+                               Y.reshape(len(gens), -1)], axis=1)
         if job.keep_samples:
             kept.append(both)
         pending.append(both)
@@ -429,7 +462,7 @@ def memory_estimate(method: str, width: int, depth: int, n_inputs: int, n_init: 
     (literal sampler), about six ``(b, N, P)`` activations, the batch's ``K`` and
     ``C`` and one statistics block of samples with its moments.
     """
-    summary = 2 * (depth + 1) * n_inputs * n_inputs
+    summary = _summary_size(depth, n_inputs)
     per_worker = batch * (6 * width * n_inputs + 2 * summary)
     if method == "weights":
         per_worker += batch * (width * width + width)
@@ -597,18 +630,28 @@ def simulate(spec: NetworkSpec, K0: np.ndarray, width: int, n_init: int, seed: i
     assert stats is not None and stats.count == n_init
     samples = np.concatenate([r.samples for r in results if r.samples is not None]) \
         if keep_samples else None
-    mean, stderr = stats.mean, stats.stderr()
-    var, var_stderr = stats.variance(), stats.variance_stderr()
+
+    def unpack(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Flat records -> K ``(..., L+1, P, P)``, C (the same) and Y ``(..., P, P)``."""
+        lead, size = flat.shape[:-1], (depth + 1) * n_inputs * n_inputs
+        square = (n_inputs, n_inputs)
+        return (flat[..., :size].reshape(*lead, depth + 1, *square),
+                flat[..., size:2 * size].reshape(*lead, depth + 1, *square),
+                flat[..., 2 * size:].reshape(*lead, *square))
+
+    (K_mean, C_mean, Y_mean), (K_se, C_se, Y_se) = unpack(stats.mean), unpack(stats.stderr())
+    (K_var, C_var, Y_var) = unpack(stats.variance())
+    (K_vse, C_vse, Y_vse) = unpack(stats.variance_stderr())
+    K_samples, C_samples, Y_samples = unpack(samples) if samples is not None else (None,) * 3
     return MonteCarloResult(
-        K_mean=mean[0], K_stderr=stderr[0], C_mean=mean[1], C_stderr=stderr[1],
-        K_out_mean=mean[1, depth].copy(), K_out_stderr=stderr[1, depth].copy(),
+        K_mean=K_mean, K_stderr=K_se, C_mean=C_mean, C_stderr=C_se,
+        K_out_mean=C_mean[depth].copy(), K_out_stderr=C_se[depth].copy(),
         width=width, n_init=n_init, seed=seed, method=method, K0=K0, spec=spec,
-        elapsed=time.perf_counter() - start,
-        C_samples=None if samples is None else samples[:, 1],
-        K_samples=None if samples is None else samples[:, 0],
-        K_var=var[0], K_var_stderr=var_stderr[0], C_var=var[1], C_var_stderr=var_stderr[1],
-        K_out_var=var[1, depth].copy(), K_out_var_stderr=var_stderr[1, depth].copy(),
-        chunks=len(bounds), workers=workers, stat_block=block)
+        elapsed=time.perf_counter() - start, C_samples=C_samples, K_samples=K_samples,
+        K_var=K_var, K_var_stderr=K_vse, C_var=C_var, C_var_stderr=C_vse,
+        K_out_var=C_var[depth].copy(), K_out_var_stderr=C_vse[depth].copy(),
+        chunks=len(bounds), workers=workers, stat_block=block,
+        Y_mean=Y_mean, Y_stderr=Y_se, Y_var=Y_var, Y_var_stderr=Y_vse, Y_samples=Y_samples)
 
 
 def _run_distributed(job: _Job, bounds: list[tuple[int, int]], workers: int | None,
@@ -688,7 +731,9 @@ def result_payload(result: MonteCarloResult, nngp: dict | None = None) -> dict:
 
     ``layers[l]`` holds the empirical kernel ``K^(l)`` (``l = 0..L``) and, for
     ``l >= 1``, the field ``C^(l)``; ``readout`` holds the readout field
-    ``C_out`` (its mean is the output kernel ``K_out = E[y_a y_b]``). Each has
+    ``C_out`` and the empirical readout kernel ``K_out = y_a y_b`` of one readout
+    unit (both have the mean ``E[y_a y_b]``, the NNGP's ``K_out`` at infinite
+    width; ``y`` adds its own Gaussian spread given ``C_out``). Each has
     ``mean``, ``mean_stderr``, ``var`` (over initializations) and ``var_stderr``.
     ``nngp`` is the infinite-width kernel for comparison (or why it is missing).
     """
@@ -711,7 +756,9 @@ def result_payload(result: MonteCarloResult, nngp: dict | None = None) -> dict:
         "var_stderr": VARIANCE_STDERR,
         "layers": layers,
         "readout": {"C_out": _stats(r.K_out_mean, r.K_out_stderr, r.K_out_var,
-                                    r.K_out_var_stderr)},
+                                    r.K_out_var_stderr),
+                    "K_out": None if r.Y_mean is None else _stats(r.Y_mean, r.Y_stderr, r.Y_var,
+                                                                  r.Y_var_stderr)},
         "nngp": nngp,
     }
 
@@ -774,8 +821,11 @@ def format_result(result: MonteCarloResult, nngp: dict | None = None) -> str:
             add(f"C^({layer})", r.C_mean[layer - 1], r.C_stderr[layer - 1],
                 r.C_var[layer - 1], r.C_var_stderr[layer - 1],
                 None if c_theory is None else np.asarray(c_theory)[layer - 1])
-    add("C_out", r.K_out_mean, r.K_out_stderr, r.K_out_var, r.K_out_var_stderr,
-        None if nngp is None or nngp.get("K_out") is None else np.asarray(nngp["K_out"]))
+    out_theory = None if nngp is None or nngp.get("K_out") is None else np.asarray(
+        nngp["K_out"])
+    add("C_out", r.K_out_mean, r.K_out_stderr, r.K_out_var, r.K_out_var_stderr, out_theory)
+    if r.Y_mean is not None:
+        add("K_out", r.Y_mean, r.Y_stderr, r.Y_var, r.Y_var_stderr, out_theory)
     titles = ("entry", "mean", "stderr", "variance", "stderr", "NNGP")
     widths = [max(len(row[i]) for row in [titles, *rows]) for i in range(len(titles))]
     lines = [head, "  ".join(t.ljust(w) if i == 0 else t.rjust(w)
@@ -783,5 +833,6 @@ def format_result(result: MonteCarloResult, nngp: dict | None = None) -> str:
     lines += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
                         for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip()
               for row in rows]
-    lines.append("variance over initializations; its stderr is " + VARIANCE_STDERR)
+    lines.append("K_out = y_a y_b of one readout unit; variance over initializations; "
+                 "its stderr is " + VARIANCE_STDERR)
     return "\n".join(lines)

@@ -201,20 +201,38 @@ def test_kernel_sampler_matches_literal_weights(net: str, rho: float | None) -> 
     runs = [simulate(spec, K0, width=30, n_init=3000, seed=seed, keep_samples=True,
                      method=method) for seed, method in [(11, "kernel"), (12, "weights")]]
     worst = 0.0
-    for field in ("K_samples", "C_samples"):
-        (ma, sa), (mb, sb) = (_moments(getattr(run, field)) for run in runs)
+    for field in ("K_samples", "C_samples", "Y_samples"):
+        (ma, sa), (mb, sb) = (_moments(np.asarray(getattr(run, field)).reshape(3000, -1, 2, 2))
+                              for run in runs)
         z = (ma - mb) / np.sqrt(sa**2 + sb**2)
         worst = max(worst, float(np.max(np.abs(z))))
         print(f"\n{net} {field}: {z.size} means and covariances, max |z| = "
               f"{np.max(np.abs(z)):.2f} (kernel vs weights sampler)")
     # the variances over initializations with their printed standard errors
     a, b = runs
-    for name in ("K", "C"):
+    for name in ("K", "C", "Y"):
         z = ((getattr(a, f"{name}_var") - getattr(b, f"{name}_var"))
              / np.hypot(getattr(a, f"{name}_var_stderr"), getattr(b, f"{name}_var_stderr")))
         worst = max(worst, float(np.max(np.abs(z))))
         print(f"{net} {name}_var: max |z| = {np.max(np.abs(z)):.2f}")
     assert worst <= Z_MAX
+
+
+@pytest.mark.parametrize("method", mc.METHODS)
+def test_readout_unit_given_its_field(method: str) -> None:
+    # y ~ N(0, C_out) given the last layer (literal W_out, b_out or sampled): by Isserlis
+    # E[y_a y_b] = E[C_ab] and Var(y_a y_b) = E[C_aa C_bb + 2 C_ab^2] - E[C_ab]^2
+    spec = spec_for("resnet", "erf", 1.0, depth=2)
+    r = simulate(spec, K0, width=20, n_init=4000, seed=21, keep_samples=True, method=method)
+    c = np.asarray(r.C_samples)[:, -1]
+    diag = np.diagonal(c, axis1=-2, axis2=-1)
+    wick = (diag[:, :, None] * diag[:, None, :] + 2 * c**2).mean(0) - c.mean(0) ** 2
+    z_mean = (r.Y_mean - r.K_out_mean) / r.Y_stderr
+    z_var = (r.Y_var - wick) / r.Y_var_stderr
+    print(f"\n{method}: max |z| mean {np.max(np.abs(z_mean)):.2f}, "
+          f"var {np.max(np.abs(z_var)):.2f}")
+    assert np.max(np.abs(z_mean)) < Z_MAX and np.max(np.abs(z_var)) < Z_MAX
+    assert np.asarray(r.Y_samples).shape == (4000, 2, 2)
 
 
 # --------------------------------------------------------- bookkeeping and API
@@ -259,7 +277,8 @@ def test_reproducible_and_independent_of_batch(method: str) -> None:
     np.testing.assert_array_equal(first.C_samples, again.C_samples)
     np.testing.assert_array_equal(first.K_mean, again.K_mean)
     # bitwise: per-initialization streams and statistics merged in a fixed block order
-    for name in ("C_samples", "K_samples", "K_mean", "K_stderr", "C_var", "C_var_stderr"):
+    for name in ("C_samples", "K_samples", "Y_samples", "K_mean", "K_stderr", "C_var",
+                 "C_var_stderr", "Y_mean", "Y_var_stderr"):
         np.testing.assert_array_equal(getattr(first, name), getattr(rebatched, name))
     assert not np.allclose(first.K_mean[1:], other.K_mean[1:])
     # the first k initializations do not depend on n_init
@@ -277,7 +296,7 @@ def test_statistics_independent_of_chunking_across_blocks(monkeypatch) -> None:
     assert runs[0].stat_block == 4 and runs[0].chunks == 1 and runs[1].chunks == 12
     for run in runs[1:]:
         for name in ("K_mean", "K_stderr", "K_var", "K_var_stderr", "C_mean", "C_var",
-                     "K_out_var_stderr"):
+                     "K_out_var_stderr", "Y_mean", "Y_var", "Y_var_stderr"):
             np.testing.assert_array_equal(getattr(runs[0], name), getattr(run, name))
 
 

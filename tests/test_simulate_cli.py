@@ -42,12 +42,14 @@ def test_json_contract(capsys: pytest.CaptureFixture[str]) -> None:
             assert set(entry[field]) == {"mean", "mean_stderr", "var", "var_stderr"}
             assert np.array(entry[field]["var_stderr"]).shape == (2, 2)
     readout = payload["readout"]["C_out"]
+    assert set(payload["readout"]["K_out"]) == {"mean", "mean_stderr", "var", "var_stderr"}
     # the same numbers as the Python API
     spec = NetworkSpec("resnet", "erf", 1.25, 0.05, 3, rho=0.6)
     direct = mc.simulate(spec, [[0.8, 0.3], [0.3, 0.5]], 20, 50, 1)
     np.testing.assert_array_equal(np.array([e["K"]["var"] for e in layers]), direct.K_var)
     np.testing.assert_array_equal(np.array(readout["mean"]), direct.K_out_mean)
     np.testing.assert_array_equal(np.array(readout["var_stderr"]), direct.K_out_var_stderr)
+    np.testing.assert_array_equal(np.array(payload["readout"]["K_out"]["var"]), direct.Y_var)
     nngp = payload["nngp"]
     assert np.array(nngp["K_layers"]).shape == (4, 2, 2) and nngp["K_layers"][0] == [[0.8, 0.3],
                                                                                      [0.3, 0.5]]
@@ -68,6 +70,7 @@ def test_text_output(capsys: pytest.CaptureFixture[str]) -> None:
     assert "N=20" in out and "inits=50" in out and "seed=1" in out
     assert sum(line.startswith("C^(3)[") for line in out.splitlines()) == 3
     assert any(line.startswith("C_out[0,1]") for line in out.splitlines())
+    assert any(line.startswith("K_out[1,1]") for line in out.splitlines())
 
 
 def test_same_numbers_whatever_the_batch(capsys: pytest.CaptureFixture[str]) -> None:
