@@ -571,8 +571,8 @@ def simulate(spec: NetworkSpec, K0: np.ndarray, width: int, n_init: int, seed: i
     ``batch`` initializations are simulated at once (``None``: about 32 MB per
     tensor). ``progress`` draws a progress bar on stderr once the run has taken
     :data:`PROGRESS_DELAY` seconds. ``keep_samples`` keeps every initialization's
-    ``K`` and ``C`` (memory ``2 n_init (L+1) P^2`` floats), for covariances across
-    layers. ``chunk`` initializations (rounded up to a whole statistics block)
+    ``K``, ``C`` and ``Y`` (memory ``(2 L + 3) P^2 n_init`` floats), for covariances
+    across layers. ``chunk`` initializations (rounded up to a whole statistics block)
     form one task; ``workers`` runs the tasks on a local dask.distributed cluster
     of that many processes, ``scheduler`` on an existing cluster at that address
     (both need the ``dask`` extra). The numbers do not depend on ``batch``,
