@@ -765,11 +765,12 @@ def result_payload(result: MonteCarloResult, nngp: dict | None = None) -> dict:
 
 def save_samples(result: MonteCarloResult, path: str) -> None:
     """Write the kept samples: ``K`` and ``C`` (``(n_init, L+1, P, P)``, layouts as in
-    :class:`MonteCarloResult`), ``K0``, ``width``, ``seed`` and ``method`` to ``path``."""
+    :class:`MonteCarloResult`), ``Y`` (``(n_init, P, P)``, ``y_a y_b`` of the readout
+    unit), ``K0``, ``width``, ``seed`` and ``method`` to ``path``."""
     if result.K_samples is None or result.C_samples is None:
         raise SpecError("save_samples", path, "needs a run with keep_samples=True")
     try:
-        np.savez(path, K=result.K_samples, C=result.C_samples, K0=result.K0,
+        np.savez(path, K=result.K_samples, C=result.C_samples, Y=result.Y_samples, K0=result.K0,
                  width=result.width, seed=result.seed, method=result.method)
     except OSError as error:
         raise SpecError("save_samples", path, f"cannot be written ({error})") from None

@@ -122,6 +122,8 @@ def test_save_samples(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     payload = run_json(capsys, *BASE, "--save-samples", str(path))
     saved = np.load(path)
     assert saved["K"].shape == saved["C"].shape == (50, 4, 2, 2)
+    np.testing.assert_allclose(saved["Y"].mean(0), payload["readout"]["K_out"]["mean"],
+                               rtol=1e-13)
     np.testing.assert_allclose(saved["K"][:, 3].mean(0), payload["layers"][3]["K"]["mean"],
                                rtol=1e-13)
     np.testing.assert_allclose(saved["C"][:, 1].var(0, ddof=1), payload["layers"][2]["C"]["var"],
