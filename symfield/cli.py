@@ -406,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-nngp", action="store_true",
                    help="skip the NNGP reference (a user activation generates code for it)")
     p.add_argument("--save-samples", default=None, metavar="FILE.npz",
-                   help="also write every initialization's K^(l) and C^(l) to FILE.npz")
+                   help="also write every initialization's K^(l), C^(l), y y^T to FILE.npz")
     p.set_defaults(func=_cmd_simulate)
 
     p = sub.add_parser("figures", help="optimal-rho figures as PNG (needs the plot extra)")
