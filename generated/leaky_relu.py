@@ -46,6 +46,18 @@ def _gram_det(qa, qb, k):
     return numpy.maximum((p - r) + (e - f), 0.0)
 
 
+def _gap(r, k, Delta):
+    """sqrt(K_aa K_bb) - K_ab (r = sqrt(K_aa) sqrt(K_bb)): Delta / (r + K_ab) for K_ab > 0."""
+    with numpy.errstate(divide="ignore", invalid="ignore"):
+        return numpy.where(k > 0, Delta / (r + k), r - k)
+
+
+def _excess(Delta, k):
+    """W = sqrt(Delta) - K_ab atan2(sqrt(Delta), K_ab) = r (sin t - t cos t) >= 0."""
+    s = numpy.sqrt(Delta)
+    return numpy.maximum(s - k * numpy.arctan2(s, k), 0.0)
+
+
 def _diag_value(q, alpha):
     G_d = (1/2)*q*(alpha**2 + 1)
     return G_d
@@ -66,18 +78,20 @@ def _diag_second(q, alpha):
     return G_d, G_d_q, G_d_qq
 
 
-def _pair_value(q, k, tri, alpha):
+def _pair_value(q, k, tri, alpha, delta=None):
     iu, ju, counts = tri
-    Delta = _gram_det(numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1), k)
+    Delta = (_gram_det(numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1), k)
+             if delta is None else delta)
     t0 = numpy.sqrt(Delta)
     t1 = (1/2)*(alpha - 1)**2/numpy.pi
     G = k*alpha + k*t1*numpy.arctan2(t0, -k) + t0*t1
     return G
 
 
-def _pair_grad(q, k, tri, alpha):
+def _pair_grad(q, k, tri, alpha, delta=None):
     iu, ju, counts = tri
-    Delta = _gram_det(numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1), k)
+    Delta = (_gram_det(numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1), k)
+             if delta is None else delta)
     t0 = numpy.sqrt(Delta)
     t1 = (1/2)*(alpha - 1)**2/numpy.pi
     t2 = t1*numpy.arctan2(t0, -k)
@@ -86,12 +100,13 @@ def _pair_grad(q, k, tri, alpha):
     return G, G_k
 
 
-def _pair_full(q, k, tri, alpha):
+def _pair_full(q, k, tri, alpha, delta=None):
     iu, ju, counts = tri
     u0 = 1/q
     u0_a = numpy.repeat(u0, counts, axis=-1)
     u0_b = numpy.take(u0, ju, axis=-1)
-    Delta = _gram_det(numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1), k)
+    Delta = (_gram_det(numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1), k)
+             if delta is None else delta)
     t0 = numpy.sqrt(Delta)
     t1 = 1/numpy.pi
     t2 = (alpha - 1)**2
@@ -105,12 +120,13 @@ def _pair_full(q, k, tri, alpha):
     return G, G_k, G_qa, G_qb
 
 
-def _pair_second(q, k, tri, alpha):
+def _pair_second(q, k, tri, alpha, delta=None):
     iu, ju, counts = tri
     u0 = 1/q
     u0_a = numpy.repeat(u0, counts, axis=-1)
     u0_b = numpy.take(u0, ju, axis=-1)
-    Delta = _gram_det(numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1), k)
+    Delta = (_gram_det(numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1), k)
+             if delta is None else delta)
     t0 = numpy.sqrt(Delta)
     t1 = (alpha - 1)**2/numpy.pi
     t2 = (1/2)*t1
@@ -159,8 +175,15 @@ def _chunk_ffnet(q, k, tri, depth, par, responses, tensor, layers):
     sw2 = par["sw2"]
     sb2 = par["sb2"]
     alpha = par["alpha"]
-    c0 = (1/2)*sw2*(alpha**2 + 1)
-    c1 = (1/2)*(alpha - 1)**2/numpy.pi
+    c0 = (1/4)*(alpha**2*sw2 + sw2)**2
+    c1 = sb2*(alpha**2*sw2 + sw2)
+    c2 = (1/2)*sb2*(alpha**2*sw2 + sw2)
+    c3 = -1/4*sw2**2*(alpha - 1)**4/numpy.pi**2
+    c4 = -1/2*sw2*(alpha - 1)**2/numpy.pi
+    c5 = 2*sb2
+    c6 = alpha**2*sw2
+    c7 = (1/2)*sw2*(alpha**2 + 1)
+    c8 = (1/2)*(alpha - 1)**2/numpy.pi
     log_d = numpy.zeros_like(q)
     sign_d = numpy.ones_like(q)
     log_p = numpy.zeros_like(k)
@@ -169,18 +192,18 @@ def _chunk_ffnet(q, k, tri, depth, par, responses, tensor, layers):
         X_a = numpy.zeros_like(k)
         X_b = numpy.zeros_like(k)
     history = [(q, k, log_d, sign_d, log_p, sign_p)] if layers else None
+    Delta = _gram_det(numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1), k)
     for _ in range(depth):
         if not responses:
-            q_new = c0*q + sb2
-            Delta = _gram_det(numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1), k)
+            q_new = c7*q + sb2
             p0 = numpy.sqrt(Delta)
-            k_new = sb2 + sw2*(k*alpha + k*c1*numpy.arctan2(p0, -k) + c1*p0)
+            k_new = sb2 + sw2*(k*alpha + k*c8*numpy.arctan2(p0, -k) + c8*p0)
         else:
             G_d, G_d_q = _diag_grad(q, alpha)
             if tensor:
-                G, G_k, G_qa, G_qb = _pair_full(q, k, tri, alpha)
+                G, G_k, G_qa, G_qb = _pair_full(q, k, tri, alpha, delta=Delta)
             else:
-                G, G_k = _pair_grad(q, k, tri, alpha)
+                G, G_k = _pair_grad(q, k, tri, alpha, delta=Delta)
             J_q = G_d_q*sw2
             J_k = G_k*sw2
             if tensor:
@@ -194,10 +217,15 @@ def _chunk_ffnet(q, k, tri, depth, par, responses, tensor, layers):
             log_p = log_p + _log_abs(J_k)
             sign_p = sign_p * numpy.sign(J_k)
             q_new, k_new = G_d*sw2 + sb2, G*sw2 + sb2
-        q, k = q_new, k_new
+        sa = numpy.sqrt(numpy.repeat(q, counts, axis=-1))
+        sb = numpy.sqrt(numpy.take(q, ju, axis=-1))
+        W = _excess(Delta, k)
+        D = _gap(sa * sb, k, Delta)
+        Delta_new = numpy.maximum(D*c1 + Delta*c0 + W**2*c3 + W*c4*(k*c6 + k*sw2 + c5) + c2*(sa - sb)**2, 0.0)
+        q, k, Delta = q_new, k_new, Delta_new
         if layers:
             history.append((q, k, log_d, sign_d, log_p, sign_p))
-    return _readout(q, k, tri, par, log_d, sign_d, log_p, sign_p,
+    return _readout(q, k, Delta, tri, par, log_d, sign_d, log_p, sign_p,
                     (X_a, X_b) if tensor else None, responses, history, alpha)
 
 def _chunk_resnet(q, k, tri, depth, par, responses, tensor, layers):
@@ -211,8 +239,15 @@ def _chunk_resnet(q, k, tri, depth, par, responses, tensor, layers):
     c1 = rho**2*sw2
     c2 = 2*rho*sb2
     c3 = 2*rho*sw2
-    c4 = (1/2)*rho**2*sw2*(alpha**2 + 1)
-    c5 = (1/2)*(alpha - 1)**2/numpy.pi
+    c4 = (1/4)*(alpha**2*rho**2*sw2 + rho**2*sw2 + 2)**2
+    c5 = rho**2*sb2*(alpha**2*rho**2*sw2 + rho**2*sw2 + 2)
+    c6 = (1/2)*rho**2*sb2*(alpha**2*rho**2*sw2 + rho**2*sw2 + 2)
+    c7 = -1/4*rho**4*sw2**2*(alpha - 1)**4/numpy.pi**2
+    c8 = -1/2*rho**2*sw2*(alpha - 1)**2/numpy.pi
+    c9 = 2*rho**2*sb2
+    c10 = alpha**2*rho**2*sw2
+    c11 = (1/2)*rho**2*sw2*(alpha**2 + 1)
+    c12 = (1/2)*(alpha - 1)**2/numpy.pi
     log_d = numpy.zeros_like(q)
     sign_d = numpy.ones_like(q)
     log_p = numpy.zeros_like(k)
@@ -221,18 +256,18 @@ def _chunk_resnet(q, k, tri, depth, par, responses, tensor, layers):
         X_a = numpy.zeros_like(k)
         X_b = numpy.zeros_like(k)
     history = [(q, k, log_d, sign_d, log_p, sign_p)] if layers else None
+    Delta = _gram_det(numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1), k)
     for _ in range(depth):
         if not responses:
-            q_new = c0 + c4*q + q
-            Delta = _gram_det(numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1), k)
+            q_new = c0 + c11*q + q
             p0 = numpy.sqrt(Delta)
-            k_new = k + c0 + c1*(k*alpha + k*c5*numpy.arctan2(p0, -k) + c5*p0)
+            k_new = k + c0 + c1*(k*alpha + k*c12*numpy.arctan2(p0, -k) + c12*p0)
         else:
             G_d, G_d_q = _diag_grad(q, alpha)
             if tensor:
-                G, G_k, G_qa, G_qb = _pair_full(q, k, tri, alpha)
+                G, G_k, G_qa, G_qb = _pair_full(q, k, tri, alpha, delta=Delta)
             else:
-                G, G_k = _pair_grad(q, k, tri, alpha)
+                G, G_k = _pair_grad(q, k, tri, alpha, delta=Delta)
             J_q = G_d_q*c1 + 1
             J_k = G_k*c1 + 1
             if tensor:
@@ -246,20 +281,25 @@ def _chunk_resnet(q, k, tri, depth, par, responses, tensor, layers):
             log_p = log_p + _log_abs_1p(G_k*c1)
             sign_p = sign_p * numpy.sign(J_k)
             q_new, k_new = G_d*c1 + c0 + q, G*c1 + k + c0
-        q, k = q_new, k_new
+        sa = numpy.sqrt(numpy.repeat(q, counts, axis=-1))
+        sb = numpy.sqrt(numpy.take(q, ju, axis=-1))
+        W = _excess(Delta, k)
+        D = _gap(sa * sb, k, Delta)
+        Delta_new = numpy.maximum(D*c5 + Delta*c4 + W**2*c7 + W*c8*(k*c1 + k*c10 + 2*k + c9) + c6*(sa - sb)**2, 0.0)
+        q, k, Delta = q_new, k_new, Delta_new
         if layers:
             history.append((q, k, log_d, sign_d, log_p, sign_p))
-    return _readout(q, k, tri, par, log_d, sign_d, log_p, sign_p,
+    return _readout(q, k, Delta, tri, par, log_d, sign_d, log_p, sign_p,
                     (X_a, X_b) if tensor else None, responses, history, alpha)
 
 
-def _readout(q, k, tri, par, log_d, sign_d, log_p, sign_p, X, responses, history, alpha):
+def _readout(q, k, Delta, tri, par, log_d, sign_d, log_p, sign_p, X, responses, history, alpha):
     """K_out = readout map of K^(L); chi_out = readout Jacobian times chi^(L)."""
     iu, ju, counts = tri
     sw2_out, sb2_out = par["sw2_out"], par["sb2_out"]
     out = {"q": q, "k": k, "log_d": log_d, "sign_d": sign_d, "log_p": log_p, "sign_p": sign_p}
     G_d, G_d_q = _diag_grad(q, alpha)
-    G, G_k, G_qa, G_qb = _pair_full(q, k, tri, alpha)
+    G, G_k, G_qa, G_qb = _pair_full(q, k, tri, alpha, delta=Delta)
     out["out_q"] = G_d*sw2_out + sb2_out + numpy.zeros_like(q)
     out["out_k"] = G*sw2_out + sb2_out + numpy.zeros_like(k)
     if responses:
@@ -293,15 +333,24 @@ def _tangent_resnet(q, k, tri, depth, par):
     c1 = rho**2*sw2
     c2 = 2*rho*sb2
     c3 = 2*rho*sw2
-    c4 = (1/2)*rho**2*sw2*(alpha**2 + 1)
-    c5 = (1/2)*(alpha - 1)**2/numpy.pi
+    c4 = (1/4)*(alpha**2*rho**2*sw2 + rho**2*sw2 + 2)**2
+    c5 = rho**2*sb2*(alpha**2*rho**2*sw2 + rho**2*sw2 + 2)
+    c6 = (1/2)*rho**2*sb2*(alpha**2*rho**2*sw2 + rho**2*sw2 + 2)
+    c7 = -1/4*rho**4*sw2**2*(alpha - 1)**4/numpy.pi**2
+    c8 = -1/2*rho**2*sw2*(alpha - 1)**2/numpy.pi
+    c9 = 2*rho**2*sb2
+    c10 = alpha**2*rho**2*sw2
+    c11 = (1/2)*rho**2*sw2*(alpha**2 + 1)
+    c12 = (1/2)*(alpha - 1)**2/numpy.pi
     dq, dk = numpy.zeros_like(q), numpy.zeros_like(k)
     log_d, sign_d = numpy.zeros_like(q), numpy.ones_like(q)
     log_p, sign_p = numpy.zeros_like(k), numpy.ones_like(k)
     dlog_d, dlog_p = numpy.zeros_like(q), numpy.zeros_like(k)
+    Delta = _gram_det(numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1), k)
     for _ in range(depth):
         G_d, G_d_q, G_d_qq = _diag_second(q, alpha)
-        G, G_k, G_qa, G_qb, G_kk, G_kqa, G_kqb = _pair_second(q, k, tri, alpha)
+        G, G_k, G_qa, G_qb, G_kk, G_kqa, G_kqb = _pair_second(q, k, tri, alpha,
+                                                             delta=Delta)
         dq_a, dq_b = numpy.repeat(dq, counts, axis=-1), numpy.take(dq, ju, axis=-1)
         J_q = G_d_q*c1 + 1
         J_k = G_k*c1 + 1
@@ -311,11 +360,18 @@ def _tangent_resnet(q, k, tri, depth, par):
         sign_p = sign_p * numpy.sign(J_k)
         dlog_d = dlog_d + (G_d_q*c3 + G_d_qq*c1*dq) / J_q
         dlog_p = dlog_p + (G_k*c3 + G_kk*c1*dk + G_kqa*c1*dq_a + G_kqb*c1*dq_b) / J_k
-        q, k, dq, dk = (G_d*c1 + c0 + q, G*c1 + k + c0,
-                        G_d*c3 + c2 + dq*(G_d_q*c1 + 1),
-                        G*c3 + G_qa*c1*dq_a + G_qb*c1*dq_b + c2 + dk*(G_k*c1 + 1))
+        q_new, k_new = G_d*c1 + c0 + q, G*c1 + k + c0
+        dq, dk = (G_d*c3 + c2 + dq*(G_d_q*c1 + 1),
+                  G*c3 + G_qa*c1*dq_a + G_qb*c1*dq_b + c2 + dk*(G_k*c1 + 1))
+        sa = numpy.sqrt(numpy.repeat(q, counts, axis=-1))
+        sb = numpy.sqrt(numpy.take(q, ju, axis=-1))
+        W = _excess(Delta, k)
+        D = _gap(sa * sb, k, Delta)
+        Delta_new = numpy.maximum(D*c5 + Delta*c4 + W**2*c7 + W*c8*(k*c1 + k*c10 + 2*k + c9) + c6*(sa - sb)**2, 0.0)
+        q, k, Delta = q_new, k_new, Delta_new
     G_d, G_d_q, G_d_qq = _diag_second(q, alpha)
-    G, G_k, G_qa, G_qb, G_kk, G_kqa, G_kqb = _pair_second(q, k, tri, alpha)
+    G, G_k, G_qa, G_qb, G_kk, G_kqa, G_kqb = _pair_second(q, k, tri, alpha,
+                                                         delta=Delta)
     dq_a, dq_b = numpy.repeat(dq, counts, axis=-1), numpy.take(dq, ju, axis=-1)
     R_q = G_d_q*sw2_out + numpy.zeros_like(q)
     R_k = G_k*sw2_out + numpy.zeros_like(k)

@@ -47,6 +47,18 @@ def _gram_det(qa, qb, k):
     return numpy.maximum((p - r) + (e - f), 0.0)
 
 
+def _gap(r, k, Delta):
+    """sqrt(K_aa K_bb) - K_ab (r = sqrt(K_aa) sqrt(K_bb)): Delta / (r + K_ab) for K_ab > 0."""
+    with numpy.errstate(divide="ignore", invalid="ignore"):
+        return numpy.where(k > 0, Delta / (r + k), r - k)
+
+
+def _excess(Delta, k):
+    """W = sqrt(Delta) - K_ab atan2(sqrt(Delta), K_ab) = r (sin t - t cos t) >= 0."""
+    s = numpy.sqrt(Delta)
+    return numpy.maximum(s - k * numpy.arctan2(s, k), 0.0)
+
+
 _Z, _W = numpy.polynomial.hermite_e.hermegauss(QUADRATURE_NODES)
 _W = _W / numpy.sqrt(2.0 * numpy.pi)
 
@@ -167,22 +179,22 @@ def _diag_second(q):
     return moments
 
 
-def _pair_value(q, k, tri):
+def _pair_value(q, k, tri, delta=None):
     moments = _pair_moments(q, k, tri, ((0, 0, 0),))
     return moments[0]
 
 
-def _pair_grad(q, k, tri):
+def _pair_grad(q, k, tri, delta=None):
     moments = _pair_moments(q, k, tri, ((0, 0, 0), (1, 1, 0)))
     return moments
 
 
-def _pair_full(q, k, tri):
+def _pair_full(q, k, tri, delta=None):
     moments = _pair_moments(q, k, tri, ((0, 0, 0), (1, 1, 0), (2, 0, 1), (0, 2, 1)))
     return moments
 
 
-def _pair_second(q, k, tri):
+def _pair_second(q, k, tri, delta=None):
     moments = _pair_moments(q, k, tri, ((0, 0, 0), (1, 1, 0), (2, 0, 1), (0, 2, 1), (2, 2, 0), (3, 1, 1), (1, 3, 1)))
     return moments
 
@@ -224,17 +236,18 @@ def _chunk_ffnet(q, k, tri, depth, par, responses, tensor, layers):
         X_a = numpy.zeros_like(k)
         X_b = numpy.zeros_like(k)
     history = [(q, k, log_d, sign_d, log_p, sign_p)] if layers else None
+    Delta = _gram_det(numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1), k)
     for _ in range(depth):
         if not responses:
             G_d = _diag_value(q)
-            G = _pair_value(q, k, tri)
+            G = _pair_value(q, k, tri, delta=Delta)
             q_new, k_new = G_d*sw2 + sb2, G*sw2 + sb2
         else:
             G_d, G_d_q = _diag_grad(q)
             if tensor:
-                G, G_k, G_qa, G_qb = _pair_full(q, k, tri)
+                G, G_k, G_qa, G_qb = _pair_full(q, k, tri, delta=Delta)
             else:
-                G, G_k = _pair_grad(q, k, tri)
+                G, G_k = _pair_grad(q, k, tri, delta=Delta)
             J_q = G_d_q*sw2
             J_k = G_k*sw2
             if tensor:
@@ -248,10 +261,11 @@ def _chunk_ffnet(q, k, tri, depth, par, responses, tensor, layers):
             log_p = log_p + _log_abs(J_k)
             sign_p = sign_p * numpy.sign(J_k)
             q_new, k_new = G_d*sw2 + sb2, G*sw2 + sb2
-        q, k = q_new, k_new
+        Delta_new = _gram_det(numpy.repeat(q_new, counts, axis=-1), numpy.take(q_new, ju, axis=-1), k_new)
+        q, k, Delta = q_new, k_new, Delta_new
         if layers:
             history.append((q, k, log_d, sign_d, log_p, sign_p))
-    return _readout(q, k, tri, par, log_d, sign_d, log_p, sign_p,
+    return _readout(q, k, Delta, tri, par, log_d, sign_d, log_p, sign_p,
                     (X_a, X_b) if tensor else None, responses, history)
 
 def _chunk_resnet(q, k, tri, depth, par, responses, tensor, layers):
@@ -272,17 +286,18 @@ def _chunk_resnet(q, k, tri, depth, par, responses, tensor, layers):
         X_a = numpy.zeros_like(k)
         X_b = numpy.zeros_like(k)
     history = [(q, k, log_d, sign_d, log_p, sign_p)] if layers else None
+    Delta = _gram_det(numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1), k)
     for _ in range(depth):
         if not responses:
             G_d = _diag_value(q)
-            G = _pair_value(q, k, tri)
+            G = _pair_value(q, k, tri, delta=Delta)
             q_new, k_new = G_d*c1 + c0 + q, G*c1 + k + c0
         else:
             G_d, G_d_q = _diag_grad(q)
             if tensor:
-                G, G_k, G_qa, G_qb = _pair_full(q, k, tri)
+                G, G_k, G_qa, G_qb = _pair_full(q, k, tri, delta=Delta)
             else:
-                G, G_k = _pair_grad(q, k, tri)
+                G, G_k = _pair_grad(q, k, tri, delta=Delta)
             J_q = G_d_q*c1 + 1
             J_k = G_k*c1 + 1
             if tensor:
@@ -296,20 +311,21 @@ def _chunk_resnet(q, k, tri, depth, par, responses, tensor, layers):
             log_p = log_p + _log_abs_1p(G_k*c1)
             sign_p = sign_p * numpy.sign(J_k)
             q_new, k_new = G_d*c1 + c0 + q, G*c1 + k + c0
-        q, k = q_new, k_new
+        Delta_new = _gram_det(numpy.repeat(q_new, counts, axis=-1), numpy.take(q_new, ju, axis=-1), k_new)
+        q, k, Delta = q_new, k_new, Delta_new
         if layers:
             history.append((q, k, log_d, sign_d, log_p, sign_p))
-    return _readout(q, k, tri, par, log_d, sign_d, log_p, sign_p,
+    return _readout(q, k, Delta, tri, par, log_d, sign_d, log_p, sign_p,
                     (X_a, X_b) if tensor else None, responses, history)
 
 
-def _readout(q, k, tri, par, log_d, sign_d, log_p, sign_p, X, responses, history):
+def _readout(q, k, Delta, tri, par, log_d, sign_d, log_p, sign_p, X, responses, history):
     """K_out = readout map of K^(L); chi_out = readout Jacobian times chi^(L)."""
     iu, ju, counts = tri
     sw2_out, sb2_out = par["sw2_out"], par["sb2_out"]
     out = {"q": q, "k": k, "log_d": log_d, "sign_d": sign_d, "log_p": log_p, "sign_p": sign_p}
     G_d, G_d_q = _diag_grad(q)
-    G, G_k, G_qa, G_qb = _pair_full(q, k, tri)
+    G, G_k, G_qa, G_qb = _pair_full(q, k, tri, delta=Delta)
     out["out_q"] = G_d*sw2_out + sb2_out + numpy.zeros_like(q)
     out["out_k"] = G*sw2_out + sb2_out + numpy.zeros_like(k)
     if responses:
@@ -346,9 +362,11 @@ def _tangent_resnet(q, k, tri, depth, par):
     log_d, sign_d = numpy.zeros_like(q), numpy.ones_like(q)
     log_p, sign_p = numpy.zeros_like(k), numpy.ones_like(k)
     dlog_d, dlog_p = numpy.zeros_like(q), numpy.zeros_like(k)
+    Delta = _gram_det(numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1), k)
     for _ in range(depth):
         G_d, G_d_q, G_d_qq = _diag_second(q)
-        G, G_k, G_qa, G_qb, G_kk, G_kqa, G_kqb = _pair_second(q, k, tri)
+        G, G_k, G_qa, G_qb, G_kk, G_kqa, G_kqb = _pair_second(q, k, tri,
+                                                             delta=Delta)
         dq_a, dq_b = numpy.repeat(dq, counts, axis=-1), numpy.take(dq, ju, axis=-1)
         J_q = G_d_q*c1 + 1
         J_k = G_k*c1 + 1
@@ -358,11 +376,14 @@ def _tangent_resnet(q, k, tri, depth, par):
         sign_p = sign_p * numpy.sign(J_k)
         dlog_d = dlog_d + (G_d_q*c3 + G_d_qq*c1*dq) / J_q
         dlog_p = dlog_p + (G_k*c3 + G_kk*c1*dk + G_kqa*c1*dq_a + G_kqb*c1*dq_b) / J_k
-        q, k, dq, dk = (G_d*c1 + c0 + q, G*c1 + k + c0,
-                        G_d*c3 + c2 + dq*(G_d_q*c1 + 1),
-                        G*c3 + G_qa*c1*dq_a + G_qb*c1*dq_b + c2 + dk*(G_k*c1 + 1))
+        q_new, k_new = G_d*c1 + c0 + q, G*c1 + k + c0
+        dq, dk = (G_d*c3 + c2 + dq*(G_d_q*c1 + 1),
+                  G*c3 + G_qa*c1*dq_a + G_qb*c1*dq_b + c2 + dk*(G_k*c1 + 1))
+        Delta_new = _gram_det(numpy.repeat(q_new, counts, axis=-1), numpy.take(q_new, ju, axis=-1), k_new)
+        q, k, Delta = q_new, k_new, Delta_new
     G_d, G_d_q, G_d_qq = _diag_second(q)
-    G, G_k, G_qa, G_qb, G_kk, G_kqa, G_kqb = _pair_second(q, k, tri)
+    G, G_k, G_qa, G_qb, G_kk, G_kqa, G_kqb = _pair_second(q, k, tri,
+                                                         delta=Delta)
     dq_a, dq_b = numpy.repeat(dq, counts, axis=-1), numpy.take(dq, ju, axis=-1)
     R_q = G_d_q*sw2_out + numpy.zeros_like(q)
     R_k = G_k*sw2_out + numpy.zeros_like(k)

@@ -19,7 +19,7 @@ from ..ir import (
     KernelRoutine,
     pair_price_orders,
 )
-from ..numerics import DELTA
+from ..numerics import DELTA, EXCESS, GAP, SA, SB
 from ..response import DK, DQ, DQA, DQB
 from .printer import NumpyExpressionPrinter, hoist_per_input, print_block
 
@@ -172,12 +172,15 @@ def _net_context(routine: KernelRoutine, net: str, gamma: sp.Expr, beta: sp.Expr
                    for name, expr in routine.layer.items() if name not in READOUT}
     tangent = routine.tangents.get(net, {})
     specialised.update({f"tangent_{name}": expr for name, expr in tangent.items()})
+    if routine.gram is not None:
+        specialised["Delta_new"] = routine.gram.subs({GAMMA: gamma, BETA: beta})
     if routine.kind == "exact":
         specialised["fused_q"] = specialised["q_new"].subs(MOMENTS["G_d"], routine.diag["G_d"])
         specialised["fused_k"] = specialised["k_new"].subs(MOMENTS["G"], routine.pair["G"])
     invariant = set(INVARIANTS) | set(routine.params) | {RHO}
     hoisted, layer = _hoist_invariants(specialised, invariant)
     names = {**LOOP_NAMES, RHO: "rho", DQ: "dq", DQA: "dq_a", DQB: "dq_b", DK: "dk",
+             KAA: "qa", KBB: "qb", SA: "sa", SB: "sb", DELTA: "Delta", EXCESS: "W", GAP: "D",
              **_param_names(routine)}
     printer = NumpyExpressionPrinter(names)
     invariants = []
@@ -190,6 +193,7 @@ def _net_context(routine: KernelRoutine, net: str, gamma: sp.Expr, beta: sp.Expr
         fused = _fused_step(layer.pop("fused_q"), layer.pop("fused_k"),
                             tuple(routine.params) + tuple(sorted(constants, key=str)),
                             dict(printer.names))
+    gram = _gram_lines(layer.pop("Delta_new", None), printer)
     log_abs = {}
     for name in ("J_q", "J_k"):
         constant, rest = layer[name].as_coeff_Add()
@@ -200,7 +204,7 @@ def _net_context(routine: KernelRoutine, net: str, gamma: sp.Expr, beta: sp.Expr
         "name": net, "gamma": str(gamma), "beta": str(beta), "log_abs": log_abs,
         "process_inputs": process_inputs,
         "inputs": process_inputs + ["sw2", "sb2"] + params,
-        "invariants": invariants, "fused": fused,
+        "invariants": invariants, "fused": fused, "gram": gram,
         "tangent": {name[len("tangent_"):]: printer.doprint(expr)
                     for name, expr in layer.items() if name.startswith("tangent_")},
         "layer": {name: printer.doprint(expr) for name, expr in layer.items()
@@ -228,8 +232,29 @@ def _fused_step(q_new: sp.Expr, k_new: sp.Expr, constants: tuple[sp.Symbol, ...]
         call = (f"numpy.repeat({source}, counts, axis=-1)" if index == "iu"
                 else f"numpy.take({source}, ju, axis=-1)")
         lines.append((symbol.name, call))
-    if DELTA in needs:
-        lines.append(("Delta", "_gram_det(numpy.repeat(q, counts, axis=-1), "
-                               "numpy.take(q, ju, axis=-1), k)"))
     lines += print_block(hoisted.pair, printer, prefix="p").lines
+    return lines
+
+
+def _gram_lines(step: sp.Expr | None, printer: NumpyExpressionPrinter) -> list[tuple[str, str]]:
+    """Statements for Delta' (the Gram determinant carried through the loop).
+
+    With a stable map (numerics.stable_gram) Delta' is computed from the old state
+    (q, k, Delta) and its helpers; without one it is recomputed from the new kernel.
+    """
+    if step is None:
+        return [("Delta_new", "_gram_det(numpy.repeat(q_new, counts, axis=-1), "
+                              "numpy.take(q_new, ju, axis=-1), k_new)")]
+    needs = step.free_symbols
+    helpers = [(KAA, "qa", "numpy.repeat(q, counts, axis=-1)"),
+               (KBB, "qb", "numpy.take(q, ju, axis=-1)"),
+               (SA, "sa", "numpy.sqrt(numpy.repeat(q, counts, axis=-1))"),
+               (SB, "sb", "numpy.sqrt(numpy.take(q, ju, axis=-1))"),
+               (EXCESS, "W", "_excess(Delta, k)")]
+    lines = [(name, text) for symbol, name, text in helpers if symbol in needs]
+    if GAP in needs:
+        lines.append(("D", "_gap(" + ("sa * sb" if {SA, SB} <= needs else
+                                      "numpy.sqrt(numpy.repeat(q, counts, axis=-1) * "
+                                      "numpy.take(q, ju, axis=-1))") + ", k, Delta)"))
+    lines.append(("Delta_new", f"numpy.maximum({printer.doprint(step)}, 0.0)"))
     return lines
