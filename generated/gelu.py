@@ -226,7 +226,7 @@ def diag_expectations(q):
 
 
 
-def _chunk_ffnet(q, k, tri, depth, par, responses, tensor, layers):
+def _chunk_ffnet(q, k, tri, depth, par, responses, tensor, layers, progress=None):
     """ffnet layer loop for one chunk of the batch (packed: q (B,P), k (B,M))."""
     iu, ju, counts = tri
     sw2 = par["sw2"]
@@ -240,7 +240,9 @@ def _chunk_ffnet(q, k, tri, depth, par, responses, tensor, layers):
         X_b = numpy.zeros_like(k)
     history = [(q, k, log_d, sign_d, log_p, sign_p)] if layers else None
     Delta = _gram_det(numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1), k)
-    for _ in range(depth):
+    for layer in range(depth):
+        if progress is not None:
+            progress(layer)
         if not responses:
             G_d = _diag_value(q)
             G = _pair_value(q, k, tri, delta=Delta)
@@ -271,7 +273,7 @@ def _chunk_ffnet(q, k, tri, depth, par, responses, tensor, layers):
     return _readout(q, k, Delta, tri, par, log_d, sign_d, log_p, sign_p,
                     (X_a, X_b) if tensor else None, responses, history)
 
-def _chunk_resnet(q, k, tri, depth, par, responses, tensor, layers):
+def _chunk_resnet(q, k, tri, depth, par, responses, tensor, layers, progress=None):
     """resnet layer loop for one chunk of the batch (packed: q (B,P), k (B,M))."""
     iu, ju, counts = tri
     rho = par["rho"]
@@ -290,7 +292,9 @@ def _chunk_resnet(q, k, tri, depth, par, responses, tensor, layers):
         X_b = numpy.zeros_like(k)
     history = [(q, k, log_d, sign_d, log_p, sign_p)] if layers else None
     Delta = _gram_det(numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1), k)
-    for _ in range(depth):
+    for layer in range(depth):
+        if progress is not None:
+            progress(layer)
         if not responses:
             G_d = _diag_value(q)
             G = _pair_value(q, k, tri, delta=Delta)
@@ -350,7 +354,7 @@ def _readout(q, k, Delta, tri, par, log_d, sign_d, log_p, sign_p, X, responses, 
     return out
 
 
-def _tangent_resnet(q, k, tri, depth, par):
+def _tangent_resnet(q, k, tri, depth, par, progress=None):
     """resnet: forward-mode d/d rho through the layer loop and the readout."""
     iu, ju, counts = tri
     sw2_out = par["sw2_out"]
@@ -366,7 +370,9 @@ def _tangent_resnet(q, k, tri, depth, par):
     log_p, sign_p = numpy.zeros_like(k), numpy.ones_like(k)
     dlog_d, dlog_p = numpy.zeros_like(q), numpy.zeros_like(k)
     Delta = _gram_det(numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1), k)
-    for _ in range(depth):
+    for layer in range(depth):
+        if progress is not None:
+            progress(layer)
         G_d, G_d_q, G_d_qq = _diag_second(q)
         G, G_k, G_qa, G_qb, G_kk, G_kqa, G_kqb = _pair_second(q, k, tri,
                                                              delta=Delta)
@@ -401,35 +407,41 @@ def _tangent_resnet(q, k, tri, depth, par):
     }
 
 
-def resnet_drho(K0, *, rho, sw2, sb2, depth, sw2_out=1.0, sb2_out=0.0):
+def resnet_drho(K0, *, rho, sw2, sb2, depth, sw2_out=1.0, sb2_out=0.0,
+                progress=None):
     """d/d rho of the resnet responses, by forward-mode differentiation of the loop.
 
     Keys (P x P, leading batch axis when batched): K, dK_drho, log_abs_chi,
     chi_sign, dlog_chi_drho, log_abs_chi_out, chi_out_sign, dlog_chi_out_drho,
-    and chi_out, dchi_out_drho = chi_out * dlog_chi_out_drho.
+    and chi_out, dchi_out_drho = chi_out * dlog_chi_out_drho. ``progress`` (optional) is
+    called with the fraction of the layer work done.
     """
     named = {"rho": rho, "sw2": sw2, "sb2": sb2, "sw2_out": sw2_out, "sb2_out": sb2_out}
-    result = _run_packed(_tangent_resnet, K0, depth, named)
+    result = _run_packed(_tangent_resnet, K0, depth, named, progress)
     result["chi_out"] = _signed_exp(result["log_abs_chi_out"], result["chi_out_sign"])
     result["dchi_out_drho"] = result["chi_out"] * result["dlog_chi_out_drho"]
     return result
 
 
 
-def _map_chunks(chunk, K0, named, depth, *flags):
+def _map_chunks(chunk, K0, named, depth, *flags, progress=None):
     """Pack K0, split the batch into cache-sized chunks and run ``chunk`` on each."""
     K0, batch, B, tri, q0, k0, par, step = _prepare(K0, named)
     chunks = []
+    total = max(1, int(depth)) * -(-B // step)
     for start in range(0, B, step):
         sl = slice(start, start + step)
         part = {n: (v[sl] if batch else v) for n, v in par.items()}
-        chunks.append(chunk(q0[sl], k0[sl], tri, int(depth), part, *flags))
+        done = (start // step) * int(depth)
+        report = None if progress is None else (
+            lambda layer, done=done: progress((done + layer) / total))
+        chunks.append(chunk(q0[sl], k0[sl], tri, int(depth), part, *flags, progress=report))
     return chunks, batch, tri
 
 
-def _run_packed(chunk, K0, depth, named):
+def _run_packed(chunk, K0, depth, named, progress=None):
     """Batch, pack, run ``chunk``; every output is a (diagonal, upper triangle) pair."""
-    chunks, batch, (iu, ju, _) = _map_chunks(chunk, K0, named, depth)
+    chunks, batch, (iu, ju, _) = _map_chunks(chunk, K0, named, depth, progress=progress)
     result = {key: _full(numpy.concatenate([c[key][0] for c in chunks], axis=0),
                          numpy.concatenate([c[key][1] for c in chunks], axis=0), iu, ju)
               for key in chunks[0]}
@@ -503,11 +515,12 @@ def _prepare(K0, named):
     return K0, bool(batch), B, tri, q0, k0, par, step
 
 
-def _run(chunk, K0, depth, named, responses, tensor, layers):
+def _run(chunk, K0, depth, named, responses, tensor, layers, progress=None):
     """Validate shapes, pack K0, run ``chunk`` over batch chunks, unpack the results."""
     depth = int(depth)
     tensor = tensor and responses
-    chunks, batch, (iu, ju, _) = _map_chunks(chunk, K0, named, depth, responses, tensor, layers)
+    chunks, batch, (iu, ju, _) = _map_chunks(chunk, K0, named, depth, responses, tensor, layers,
+                                             progress=progress)
 
     def cat(key):
         return numpy.concatenate([c[key] for c in chunks], axis=0)
@@ -545,7 +558,7 @@ def _run(chunk, K0, depth, named, responses, tensor, layers):
 
 
 def ffnet(K0, *, sw2, sb2, depth, sw2_out=1.0, sb2_out=0.0,
-          responses=True, tensor=False, layers=False):
+          responses=True, tensor=False, layers=False, progress=None):
     """ffnet (gamma = 0, beta = 1): propagate K0 through
     `depth` layers and the readout.
 
@@ -555,14 +568,15 @@ def ffnet(K0, *, sw2, sb2, depth, sw2_out=1.0, sb2_out=0.0,
     log_abs_chi_out, chi_out_sign; with tensor=True response_tensor and
     response_tensor_out (dK_ab/dK0_cd, (c,d) and (d,c) moved together); with
     layers=True K_layers and chi_layers (layer axis first). chi are the
-    elementwise partial responses dK_ab / dK0_ab.
+    elementwise partial responses dK_ab / dK0_ab. ``progress`` (optional) is called
+    with the fraction of the layer work done.
     """
     named = {"sw2": sw2, "sb2": sb2, "sw2_out": sw2_out, "sb2_out": sb2_out}
-    return _run(_chunk_ffnet, K0, depth, named, responses, tensor, layers)
+    return _run(_chunk_ffnet, K0, depth, named, responses, tensor, layers, progress)
 
 
 def resnet(K0, *, rho, sw2, sb2, depth, sw2_out=1.0, sb2_out=0.0,
-           responses=True, tensor=False, layers=False):
+           responses=True, tensor=False, layers=False, progress=None):
     """resnet (gamma = 1, beta = rho): propagate K0 through
     `depth` layers and the readout.
 
@@ -572,10 +586,11 @@ def resnet(K0, *, rho, sw2, sb2, depth, sw2_out=1.0, sb2_out=0.0,
     log_abs_chi_out, chi_out_sign; with tensor=True response_tensor and
     response_tensor_out (dK_ab/dK0_cd, (c,d) and (d,c) moved together); with
     layers=True K_layers and chi_layers (layer axis first). chi are the
-    elementwise partial responses dK_ab / dK0_ab.
+    elementwise partial responses dK_ab / dK0_ab. ``progress`` (optional) is called
+    with the fraction of the layer work done.
     """
     named = {"rho": rho, "sw2": sw2, "sb2": sb2, "sw2_out": sw2_out, "sb2_out": sb2_out}
-    return _run(_chunk_resnet, K0, depth, named, responses, tensor, layers)
+    return _run(_chunk_resnet, K0, depth, named, responses, tensor, layers, progress)
 
 
 NETS = {"ffnet": ffnet, "resnet": resnet, }

@@ -14,7 +14,21 @@ import sys
 import numpy as np
 
 from .ir import GenerationError
-from .spec import NET_KINDS, NetworkSpec, SpecError, check_real, parse_kernel
+from .spec import (
+    MAX_DEPTH,
+    MAX_DPS,
+    MIN_DPS,
+    NET_KINDS,
+    NetworkSpec,
+    SpecError,
+    check_depth,
+    check_integer,
+    check_real,
+    parse_kernel,
+)
+
+#: Largest depth optimal-rho scans (about 100 tangent passes over the rho grid per depth).
+MAX_DEPTH_OPTIMAL = 10**5
 
 
 class UsageError(Exception):
@@ -36,7 +50,8 @@ def _add_network_flags(p: argparse.ArgumentParser, *, depth: bool = True) -> Non
     p.add_argument("--sb2", default="0.05", help="hidden bias variance sigma_b^2 (>= 0)")
     p.add_argument("--rho", default=None, help="residual scaling (ResNet only, >= 0)")
     if depth:
-        p.add_argument("--depth", default="10", help="number of hidden layers L (>= 1)")
+        p.add_argument("--depth", default="10",
+                       help=f"number of hidden layers L (1 to {MAX_DEPTH})")
     p.add_argument("--K0", default="0.05,0.03;0.03,0.05",
                    help="input kernel: a number, or rows 'a,b;c,d'")
     p.add_argument("--sw2-out", default="1.0", help="readout weight variance (>= 0)")
@@ -56,7 +71,7 @@ def network_spec(args: argparse.Namespace, depth: object | None = None) -> Netwo
     return NetworkSpec(
         net=args.net, activation=args.activation,
         sw2=check_real("sw2", args.sw2), sb2=check_real("sb2", args.sb2),
-        depth=args.depth if depth is None else depth,
+        depth=check_depth("depth", args.depth, MAX_DEPTH) if depth is None else depth,
         rho=None if rho is None else check_real("rho", rho),
         sw2_out=check_real("sw2_out", args.sw2_out), sb2_out=check_real("sb2_out", args.sb2_out))
 
@@ -88,19 +103,31 @@ KERNEL_KEYS = ("K", "K_out", "chi", "chi_out", "log_abs_chi", "chi_sign", "log_a
                "chi_out_sign")
 
 
+def _dps(args: argparse.Namespace) -> int | None:
+    """--dps: an integer number of digits in [MIN_DPS, MAX_DPS] (15.7 is an error)."""
+    return None if args.dps is None else check_integer("dps", args.dps, MIN_DPS, MAX_DPS)
+
+
 def _cmd_kernel(args: argparse.Namespace) -> int:
+    from .progress import Progress
+
     spec = network_spec(args)
     K0 = parse_kernel(args.K0)
-    if args.dps is not None:
-        dps = int(check_real("dps", args.dps, minimum=15))
+    dps = _dps(args)
+    progress = Progress("kernel", "depth", spec.depth)
+    if dps is not None:
         from .precision import propagate_mp
 
-        result = propagate_mp(spec, K0, dps=dps, tensor=args.tensor, layers=args.layers)
-        payload = {"method": f"mpmath ({dps} digits)", **_mp_payload(result, dps)}
+        result = propagate_mp(spec, K0, dps=dps, tensor=args.tensor, layers=args.layers,
+                              progress=progress)
+        progress.close()
+        payload = {"method": f"mpmath ({dps} digits)", **_mp_payload(_mp_logs(result), dps),
+                   "moments": _mp_moments(spec.activation, dps), "warnings": []}
     else:
         from .kernel import compute
 
-        result = compute(spec, K0, tensor=args.tensor, layers=args.layers)
+        result = compute(spec, K0, tensor=args.tensor, layers=args.layers, progress=progress)
+        progress.close()
         keys = list(KERNEL_KEYS)
         keys += ["response_tensor", "response_tensor_out"] if args.tensor else []
         keys += ["K_layers", "chi_layers"] if args.layers else []
@@ -121,6 +148,31 @@ def _cmd_kernel(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mp_logs(result: dict) -> dict:
+    """log|chi|, sign(chi) (and for chi_out) from the mpmath values, as the float64 path
+    reports them (there they keep deep products finite; mpmath has no overflow)."""
+    import mpmath
+
+    def log_abs(m: list) -> list:
+        return [[mpmath.log(abs(v)) if v else -mpmath.inf for v in row] for row in m]
+
+    def sign(m: list) -> list:
+        return [[mpmath.mpf(mpmath.sign(v)) for v in row] for row in m]
+
+    out = dict(result)
+    for key in ("chi", "chi_out"):
+        out[f"log_abs_{key}"], out[f"{key}_sign"] = log_abs(result[key]), sign(result[key])
+    return out
+
+
+def _mp_moments(activation: str, dps: int) -> str:
+    from .activations import derive, resolve
+
+    if derive(resolve(activation).family).kind == "exact":
+        return f"exact (closed forms evaluated at {dps} digits)"
+    return f"quadrature (mpmath Gauss-Legendre panels at {dps} digits)"
+
+
 def _mp_payload(result: dict, dps: int) -> dict:
     """mpmath results as decimal strings with dps significant digits."""
     import mpmath
@@ -130,18 +182,18 @@ def _mp_payload(result: dict, dps: int) -> dict:
             return [fmt(v) for v in value]
         if hasattr(value, "tolist"):
             return fmt(value.tolist())
+        if isinstance(value, mpmath.mpf) and not mpmath.isfinite(value):
+            return None  # log|0|: JSON has no infinity (the float64 path prints null too)
         return mpmath.nstr(value, dps, strip_zeros=False)
 
     return {k: fmt(v) for k, v in result.items()}
 
 
 def _depth_list(text: str) -> list[int]:
-    from .spec import check_depth
-
     items = [t for t in str(text).replace(" ", "").split(",") if t]
     if not items:
         raise SpecError("depths", text, "must be a comma-separated list of depths >= 1")
-    return [check_depth("depths", t) for t in items]
+    return [check_integer("depths", t, 1, MAX_DEPTH_OPTIMAL) for t in items]
 
 
 def _input_kernel(args: argparse.Namespace) -> np.ndarray:

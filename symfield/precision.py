@@ -570,7 +570,8 @@ def _gram_path(activation: Activation, net: str) -> _GramPath | None:
 
 
 def propagate_mp(spec: NetworkSpec, K0: object, dps: int = 30, tensor: bool = False,
-                 layers: bool = False, carry_delta: bool = True) -> dict[str, list]:
+                 layers: bool = False, carry_delta: bool = True,
+                 progress: Callable[[float], None] | None = None) -> dict[str, list]:
     """K^(L), K_out, chi, chi_out of ``spec`` from ``K0`` at ``dps`` digits.
 
     Returns nested lists of mpf: ``K``, ``K_out``, ``chi`` and ``chi_out`` are
@@ -584,6 +585,7 @@ def propagate_mp(spec: NetworkSpec, K0: object, dps: int = 30, tensor: bool = Fa
     ``carry_delta`` (closed-form families) carries the Gram determinant of each pair
     with its own stable map, so coinciding inputs stay exactly coinciding; False
     recomputes it from the rounded kernel every layer (a reference at high ``dps``).
+    ``progress`` (optional) is called with the fraction of the layers done.
     """
     maps = compiled_maps(spec.net)
     activation = resolve(spec.activation)
@@ -598,7 +600,9 @@ def propagate_mp(spec: NetworkSpec, K0: object, dps: int = 30, tensor: bool = Fa
         mix = {(a, b): [mp.zero, mp.zero] for a, b in pairs}  # dK_ab/dK0_aa, dK_ab/dK0_bb
         history_K, history_chi = [_copy(K)], [_copy(chi)]
         delta = {(a, b): _gram_det(K, a, b) for a, b in pairs}
-        for _ in range(spec.depth):
+        for layer in range(spec.depth):
+            if progress is not None:
+                progress(layer / spec.depth)
             new = _copy(K)
             chi_diag = [chi[a][a] for a in range(size)]  # chi^(l-1)_aa
             for a in range(size):
