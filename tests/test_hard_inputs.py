@@ -7,6 +7,7 @@ determinant Delta = K_aa K_bb - K_ab^2 with its own derived map
 (symfield.saddle.gram_map, symfield.numerics.stable_gram).
 """
 
+import itertools
 import json
 
 import mpmath
@@ -143,3 +144,136 @@ def test_cli_duplicate_inputs_relu(capsys):
     assert abs(chi[0, 1] - chi[0, 0]) <= 1e-14 * chi[0, 0]
     assert mp_out["chi"][0][1] == mp_out["chi"][0][0]
     assert abs(chi[0, 1] / float(mp_out["chi"][0][1]) - 1) < 1e-14
+
+
+# -- no hang without a word ------------------------------------------------------------------
+def _error_line(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("argv, parameter, value, limit", [
+    (["kernel", "--rho", "0.1", "--depth", "1e7"], "depth", "1e7", "1000000"),
+    (["kernel", "--rho", "0.1", "--dps", "100000"], "dps", "100000", "1000"),
+    (["kernel", "--rho", "0.1", "--dps", "15.7"], "dps", "15.7", "[15, 1000]"),
+    (["kernel", "--rho", "0.1", "--dps", "14"], "dps", "14", "[15, 1000]"),
+    (["optimal-rho", "--depths", "10,10000000"], "depths", "10000000", "100000"),
+    (["optimal-rho", "--depths", "10,2.5"], "depths", "2.5", "[1, 100000]"),
+    (["optimal-rho", "--dps", "30.5"], "dps", "30.5", "[15, 1000]"),
+    (["bench", "--repeats", "x"], "repeats", "x", "[1, 1000]"),
+])
+def test_limits_are_refused_in_one_line(capsys, argv, parameter, value, limit):
+    err = _error_line(capsys, argv + ["--json"])
+    assert f"{parameter}=" in err and value in err and limit in err
+
+
+def test_over_budget_run_is_refused_naming_the_depth_that_fits(capsys, monkeypatch):
+    """A run whose projected time exceeds the budget stops after the calibration second
+    with exit 2, naming the parameter, its value and the largest value that fits."""
+    monkeypatch.setenv("SYMFIELD_MAX_SECONDS", "1.5")
+    err = _error_line(capsys, ["kernel", "--rho", "0.001", "--depth", "1000000", "--json"])
+    assert "depth=1000000" in err and "limit" in err and "use depth <=" in err
+    fit = int(err.rsplit("<=", 1)[1])
+    assert 1 <= fit < 1000000
+
+
+def test_long_run_draws_a_progress_bar_with_a_time_estimate(capsys, monkeypatch):
+    import symfield.progress
+
+    monkeypatch.setattr(symfield.progress, "CALIBRATION", 0.0)
+    assert main(["kernel", "--rho", "0.01", "--depth", "3000", "--json"]) == 0
+    captured = capsys.readouterr()
+    json.loads(captured.out)  # stdout stays one JSON object
+    assert "symfield: kernel [" in captured.err and "s left" in captured.err
+
+
+def test_one_distinct_depth_fits_no_exponent(capsys):
+    assert main(["optimal-rho", "--depths", "5,5", "--no-continuum", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for label in ("diagonal", "offdiagonal"):
+        assert out[f"rho_star_{label}"][0] is not None
+        assert out[f"exponent_{label}"] is None
+        assert "two or more distinct depths" in out[f"exponent_reason_{label}"]
+
+
+# -- --dps means every number ------------------------------------------------------------------
+def _leaves(value):
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _leaves(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _leaves(v)
+    else:
+        yield value
+
+
+def test_kernel_dps_prints_every_number_from_mpmath(capsys):
+    argv = ["kernel", "--net", "resnet", "--activation", "relu", "--rho", "0.2", "--depth",
+            "20", "--K0", "0.5,0.2;0.2,0.4", "--json", "--tensor"]
+    assert main(argv + ["--dps", "30"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert main(argv + ["--dps", "50"]) == 0
+    ref = json.loads(capsys.readouterr().out)
+    keys = ("K", "K_out", "chi", "chi_out", "log_abs_chi", "chi_sign", "log_abs_chi_out",
+            "chi_out_sign", "response_tensor", "response_tensor_out")
+    with mpmath.workdps(50):
+        for key in keys:
+            values, refs = list(_leaves(out[key])), list(_leaves(ref[key]))
+            assert values and all(isinstance(v, str) for v in values), key
+            for v, r in zip(values, refs, strict=True):
+                assert abs(mpmath.mpf(v) - mpmath.mpf(r)) <= 1e-25 * max(1, abs(mpmath.mpf(r)))
+    assert "30 digits" in out["moments"]
+
+
+def _erf_sqrt_tstar(sw2: str, sb2: str, q0: str, dps: int) -> mpmath.mpf:
+    """sqrt(t*) of THEORY.md section 5, independently: Williams' arcsine kernel
+    G_d(q) = (2/pi) asin(2q / (1 + 2q)) (Williams 1997), F = sb2 + sw2 G_d, the optimum
+    where G_d''/G_d' F + sw2 G_d' = 0, and t* = int_q0^K* dq / F (mpmath quad/findroot)."""
+    with mpmath.workdps(dps):
+        sw2, sb2, q0 = mpmath.mpf(sw2), mpmath.mpf(sb2), mpmath.mpf(q0)
+
+        def G(q):
+            return 2 / mpmath.pi * mpmath.asin(2 * q / (1 + 2 * q))
+
+        def F(q):
+            return sb2 + sw2 * G(q)
+
+        def cond(q):
+            return mpmath.diff(G, q, 2) / mpmath.diff(G, q) * F(q) + sw2 * mpmath.diff(G, q)
+
+        assert cond(q0) > 0 > cond(mpmath.mpf(2))
+        grid = [q0 * 2 ** (mpmath.mpf(i) / 4) for i in range(40)]
+        lo, hi = next((a, b) for a, b in itertools.pairwise(grid) if cond(a) > 0 >= cond(b))
+        k_star = mpmath.findroot(cond, (lo, hi), solver="anderson")
+        return mpmath.sqrt(mpmath.quad(lambda q: 1 / F(q), [q0, k_star]))
+
+
+def test_optimal_rho_dps_prints_every_number_from_mpmath(capsys):
+    """With --dps 30 every computed number is a decimal string, and the continuum erf
+    check value sqrt(t*) = 0.96594438... (THEORY.md) holds to 25 digits against an
+    independent mpmath computation."""
+    argv = ["optimal-rho", "--activation", "erf", "--sw2", "1.25", "--sb2", "0.05",
+            "--K0", "0.05", "--depths", "10,20", "--json"]
+    assert main(argv + ["--dps", "30"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    inputs = {"activation", "sw2", "sb2", "K0", "depths", "method"}
+    for key, value in out.items():
+        if key in inputs or key.startswith("reason") or key.startswith("exponent_reason"):
+            continue
+        for leaf in _leaves(value):
+            assert leaf is None or isinstance(leaf, str), (key, leaf)
+    expected = _erf_sqrt_tstar("1.25", "0.05", "0.05", 40)
+    assert abs(expected - mpmath.mpf("0.96594438")) < 1e-8  # the literature's digits
+    with mpmath.workdps(40):
+        got = mpmath.mpf(out["continuum"]["diagonal"]["sqrt_tstar"])
+        assert abs(got - expected) < 1e-25
+        # rho*_continuum = sqrt(t*/L), also at 30 digits
+        rho10 = mpmath.mpf(out["rho_star_continuum"]["diagonal"][0])
+        assert abs(rho10 - expected / mpmath.sqrt(10)) < 1e-25
+    # the float64 run of the same command prints the continuum as floats good to ~1e-15
+    assert main(argv) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert abs(plain["continuum"]["diagonal"]["sqrt_tstar"] - float(expected)) < 1e-14
