@@ -118,8 +118,10 @@ def _cmd_kernel(args: argparse.Namespace) -> int:
     if dps is not None:
         from .precision import propagate_mp
 
-        result = propagate_mp(spec, K0, dps=dps, tensor=args.tensor, layers=args.layers,
-                              progress=progress)
+        # guard digits: rounding errors grow with the number of layers (about L ulps)
+        guard = 3 + len(str(spec.depth))
+        result = propagate_mp(spec, K0, dps=dps + guard, tensor=args.tensor,
+                              layers=args.layers, progress=progress)
         progress.close()
         payload = {"method": f"mpmath ({dps} digits)", **_mp_payload(_mp_logs(result), dps),
                    "moments": _mp_moments(spec.activation, dps), "warnings": []}
