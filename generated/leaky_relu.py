@@ -182,8 +182,15 @@ def _chunk_ffnet(q, k, tri, depth, par, responses, tensor, layers, progress=None
     c4 = -1/2*sw2*(alpha - 1)**2/numpy.pi
     c5 = 2*sb2
     c6 = alpha**2*sw2
-    c7 = (1/2)*sw2*(alpha**2 + 1)
-    c8 = (1/2)*(alpha - 1)**2/numpy.pi
+    c7 = alpha**2*sw2**2
+    c8 = -2*alpha*sb2*sw2
+    c9 = (1/4)*alpha**2*sw2 + (1/2)*alpha*sw2 + (1/4)*sw2
+    c10 = 4*sb2
+    c11 = -2*alpha*sw2
+    c12 = -sw2*(alpha - 1)**2/numpy.pi
+    c13 = alpha*sw2
+    c14 = (1/2)*sw2*(alpha**2 + 1)
+    c15 = (1/2)*(alpha - 1)**2/numpy.pi
     log_d = numpy.zeros_like(q)
     sign_d = numpy.ones_like(q)
     log_p = numpy.zeros_like(k)
@@ -197,9 +204,9 @@ def _chunk_ffnet(q, k, tri, depth, par, responses, tensor, layers, progress=None
         if progress is not None:
             progress(layer)
         if not responses:
-            q_new = c7*q + sb2
+            q_new = c14*q + sb2
             p0 = numpy.sqrt(Delta)
-            k_new = sb2 + sw2*(k*alpha + k*c8*numpy.arctan2(p0, -k) + c8*p0)
+            k_new = sb2 + sw2*(k*alpha + k*c15*numpy.arctan2(p0, -k) + c15*p0)
         else:
             G_d, G_d_q = _diag_grad(q, alpha)
             if tensor:
@@ -222,8 +229,10 @@ def _chunk_ffnet(q, k, tri, depth, par, responses, tensor, layers, progress=None
         sa = numpy.sqrt(numpy.repeat(q, counts, axis=-1))
         sb = numpy.sqrt(numpy.take(q, ju, axis=-1))
         W = _excess(Delta, k)
+        W_m = _excess(Delta, -k)
         D = _gap(sa * sb, k, Delta)
-        Delta_new = numpy.maximum(D*c1 + Delta*c0 + W**2*c3 + W*c4*(k*c6 + k*sw2 + c5) + c2*(sa - sb)**2, 0.0)
+        D_m = _gap(sa * sb, -k, Delta)
+        Delta_new = numpy.maximum(numpy.select([numpy.greater_equal(k, 0),True], [D*c1 + Delta*c0 + W**2*c3 + W*c4*(k*c6 + k*sw2 + c5) + c2*(sa - sb)**2,D_m*c8 + Delta*c7 + W_m**2*c3 + W_m*c12*(k*c13 + sb2) + c2*(sa - sb)**2 + c9*sa*sb*(c10 + c11*sa*sb + c6*sa*sb + sa*sb*sw2)], default=numpy.nan), 0.0)
         q, k, Delta = q_new, k_new, Delta_new
         if layers:
             history.append((q, k, log_d, sign_d, log_p, sign_p))
@@ -248,8 +257,16 @@ def _chunk_resnet(q, k, tri, depth, par, responses, tensor, layers, progress=Non
     c8 = -1/2*rho**2*sw2*(alpha - 1)**2/numpy.pi
     c9 = 2*rho**2*sb2
     c10 = alpha**2*rho**2*sw2
-    c11 = (1/2)*rho**2*sw2*(alpha**2 + 1)
-    c12 = (1/2)*(alpha - 1)**2/numpy.pi
+    c11 = (alpha*rho**2*sw2 + 1)**2
+    c12 = -2*rho**2*sb2*(alpha*rho**2*sw2 + 1)
+    c13 = (1/4)*rho**2*(alpha**2*rho**2*sw2 + 2*alpha*rho**2*sw2 + rho**2*sw2 + 4)
+    c14 = 4*sb2
+    c15 = alpha**2*sw2
+    c16 = -2*alpha*sw2
+    c17 = -rho**2*sw2*(alpha - 1)**2/numpy.pi
+    c18 = alpha*rho**2*sw2
+    c19 = (1/2)*rho**2*sw2*(alpha**2 + 1)
+    c20 = (1/2)*(alpha - 1)**2/numpy.pi
     log_d = numpy.zeros_like(q)
     sign_d = numpy.ones_like(q)
     log_p = numpy.zeros_like(k)
@@ -263,9 +280,9 @@ def _chunk_resnet(q, k, tri, depth, par, responses, tensor, layers, progress=Non
         if progress is not None:
             progress(layer)
         if not responses:
-            q_new = c0 + c11*q + q
+            q_new = c0 + c19*q + q
             p0 = numpy.sqrt(Delta)
-            k_new = k + c0 + c1*(k*alpha + k*c12*numpy.arctan2(p0, -k) + c12*p0)
+            k_new = k + c0 + c1*(k*alpha + k*c20*numpy.arctan2(p0, -k) + c20*p0)
         else:
             G_d, G_d_q = _diag_grad(q, alpha)
             if tensor:
@@ -288,8 +305,10 @@ def _chunk_resnet(q, k, tri, depth, par, responses, tensor, layers, progress=Non
         sa = numpy.sqrt(numpy.repeat(q, counts, axis=-1))
         sb = numpy.sqrt(numpy.take(q, ju, axis=-1))
         W = _excess(Delta, k)
+        W_m = _excess(Delta, -k)
         D = _gap(sa * sb, k, Delta)
-        Delta_new = numpy.maximum(D*c5 + Delta*c4 + W**2*c7 + W*c8*(k*c1 + k*c10 + 2*k + c9) + c6*(sa - sb)**2, 0.0)
+        D_m = _gap(sa * sb, -k, Delta)
+        Delta_new = numpy.maximum(numpy.select([numpy.greater_equal(k, 0),True], [D*c5 + Delta*c4 + W**2*c7 + W*c8*(k*c1 + k*c10 + 2*k + c9) + c6*(sa - sb)**2,D_m*c12 + Delta*c11 + W_m**2*c7 + W_m*c17*(k*c18 + k + c0) + c13*sa*sb*(c14 + c15*sa*sb + c16*sa*sb + sa*sb*sw2) + c6*(sa - sb)**2], default=numpy.nan), 0.0)
         q, k, Delta = q_new, k_new, Delta_new
         if layers:
             history.append((q, k, log_d, sign_d, log_p, sign_p))
@@ -344,8 +363,16 @@ def _tangent_resnet(q, k, tri, depth, par, progress=None):
     c8 = -1/2*rho**2*sw2*(alpha - 1)**2/numpy.pi
     c9 = 2*rho**2*sb2
     c10 = alpha**2*rho**2*sw2
-    c11 = (1/2)*rho**2*sw2*(alpha**2 + 1)
-    c12 = (1/2)*(alpha - 1)**2/numpy.pi
+    c11 = (alpha*rho**2*sw2 + 1)**2
+    c12 = -2*rho**2*sb2*(alpha*rho**2*sw2 + 1)
+    c13 = (1/4)*rho**2*(alpha**2*rho**2*sw2 + 2*alpha*rho**2*sw2 + rho**2*sw2 + 4)
+    c14 = 4*sb2
+    c15 = alpha**2*sw2
+    c16 = -2*alpha*sw2
+    c17 = -rho**2*sw2*(alpha - 1)**2/numpy.pi
+    c18 = alpha*rho**2*sw2
+    c19 = (1/2)*rho**2*sw2*(alpha**2 + 1)
+    c20 = (1/2)*(alpha - 1)**2/numpy.pi
     dq, dk = numpy.zeros_like(q), numpy.zeros_like(k)
     log_d, sign_d = numpy.zeros_like(q), numpy.ones_like(q)
     log_p, sign_p = numpy.zeros_like(k), numpy.ones_like(k)
@@ -372,8 +399,10 @@ def _tangent_resnet(q, k, tri, depth, par, progress=None):
         sa = numpy.sqrt(numpy.repeat(q, counts, axis=-1))
         sb = numpy.sqrt(numpy.take(q, ju, axis=-1))
         W = _excess(Delta, k)
+        W_m = _excess(Delta, -k)
         D = _gap(sa * sb, k, Delta)
-        Delta_new = numpy.maximum(D*c5 + Delta*c4 + W**2*c7 + W*c8*(k*c1 + k*c10 + 2*k + c9) + c6*(sa - sb)**2, 0.0)
+        D_m = _gap(sa * sb, -k, Delta)
+        Delta_new = numpy.maximum(numpy.select([numpy.greater_equal(k, 0),True], [D*c5 + Delta*c4 + W**2*c7 + W*c8*(k*c1 + k*c10 + 2*k + c9) + c6*(sa - sb)**2,D_m*c12 + Delta*c11 + W_m**2*c7 + W_m*c17*(k*c18 + k + c0) + c13*sa*sb*(c14 + c15*sa*sb + c16*sa*sb + sa*sb*sw2) + c6*(sa - sb)**2], default=numpy.nan), 0.0)
         q, k, Delta = q_new, k_new, Delta_new
     G_d, G_d_q, G_d_qq = _diag_second(q, alpha)
     G, G_k, G_qa, G_qb, G_kk, G_kqa, G_kqb = _pair_second(q, k, tri, alpha,

@@ -26,7 +26,7 @@ import sympy as sp
 from .action import BETA, G_D, GAMMA, PROCESSES, RHO, SB2, SB2_OUT, SW2, SW2_OUT, G
 from .activations import Expectations, Family, derive
 from .gaussian import KAA, KAB, KBB, Q, X, derivative
-from .numerics import DELTA, EXCESS, GAP, SA, SB, gram_step, stable_form
+from .numerics import DELTA, EXCESS, EXCESS_M, GAP, GAP_M, SA, SB, gram_step, stable_form
 from .response import DK, DQ, DQA, DQB, ResponseMap, derive_response_map, derive_tangent_map
 from .saddle import LayerMap, derive_layer_map
 
@@ -276,7 +276,7 @@ def check_free_symbols(routine: KernelRoutine) -> None:
               (routine.layer, allowed_layer)]
     groups += [(t, allowed_tangent) for t in routine.tangents.values()]
     if routine.gram is not None:
-        allowed_gram = allowed_layer | params | {DELTA, EXCESS, GAP, SA, SB}
+        allowed_gram = allowed_layer | params | {DELTA, EXCESS, GAP, EXCESS_M, GAP_M, SA, SB}
         groups.append(({"gram": routine.gram}, allowed_gram))
     for group, allowed in groups:
         for name, expr in group.items():

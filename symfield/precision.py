@@ -547,7 +547,7 @@ class _GramPath:
 
 @functools.lru_cache(maxsize=16)
 def _gram_path(activation: Activation, net: str) -> _GramPath | None:
-    from .numerics import DELTA, GAP, GRAM_HELPERS, gram_step, stable_form
+    from .numerics import DELTA, GAP, GAP_M, GRAM_HELPERS, gram_step, stable_form
 
     derived = derive(activation.family)
     if derived.kind != "exact":
@@ -562,8 +562,11 @@ def _gram_path(activation: Activation, net: str) -> _GramPath | None:
         return _GramPath(pair, None)
     process = PROCESSES[net]
     root = sp.sqrt(KAA) * sp.sqrt(KBB)
-    helpers = {**GRAM_HELPERS, GAP: sp.Piecewise((DELTA / (root + KAB), KAB > 0),
-                                                 (root - KAB, True))}
+    # the gaps sqrt(K_aa K_bb) -+ K_ab as Delta / (sqrt(K_aa K_bb) +- K_ab) where that
+    # sum is the larger (no cancellation, exactly 0 at Delta = 0), as generated
+    helpers = {**GRAM_HELPERS,
+               GAP: sp.Piecewise((DELTA / (root + KAB), KAB > 0), (root - KAB, True)),
+               GAP_M: sp.Piecewise((DELTA / (root - KAB), KAB < 0), (root + KAB, True))}
     step = stable.subs({GAMMA: process.gamma, BETA: process.beta}).subs(subs)
     step = step.xreplace(helpers)
     return _GramPath(pair, sp.lambdify((*args, SW2, SB2, RHO), step, modules="mpmath"))

@@ -15,12 +15,23 @@ import numpy as np
 import pytest
 import sympy as sp
 
-from symfield.activations import FAMILIES, resolve
+from symfield.action import BETA, GAMMA
+from symfield.activations import ALPHA, FAMILIES, resolve
 from symfield.cli import main
 from symfield.gaussian import KAA, KAB, KBB, Q
 from symfield.ir import kernel_routine
 from symfield.kernel import load_module
-from symfield.numerics import DELTA, EXCESS, GAP, SA, SB, gram_step, unfold_gram
+from symfield.numerics import (
+    DELTA,
+    EXCESS,
+    EXCESS_M,
+    GAP,
+    GAP_M,
+    SA,
+    SB,
+    gram_step,
+    unfold_gram,
+)
 from symfield.precision import propagate_mp
 from symfield.spec import NetworkSpec
 
@@ -50,9 +61,15 @@ def test_gram_map_is_derived_and_exact_at_coincidence():
     routine = kernel_routine(FAMILIES["leaky_relu"])
     gram = routine.gram
     assert gram is not None
+    (plus, _), (minus, _) = gram.args  # K_ab >= 0 (c -> 1) and K_ab < 0 (c -> -1)
     # at coinciding inputs (K_aa = K_bb, Delta = 0, so D = W = 0) every term vanishes
     # symbolically: Delta = 0 maps to exactly 0
-    assert sp.expand(gram.subs({SB: SA, DELTA: 0, EXCESS: 0, GAP: 0})) == 0
+    assert sp.expand(plus.subs({SB: SA, DELTA: 0, EXCESS: 0, GAP: 0})) == 0
+    # at anti-aligned inputs (c = -1) only |x| in the FFNet (gamma = 0) maps them onto
+    # coinciding ones, through a factor (alpha + 1)^2
+    anti = sp.factor(minus.subs({SB: SA, DELTA: 0, EXCESS_M: 0, GAP_M: 0}))
+    assert anti != 0 and sp.expand(anti.subs({ALPHA: -1, GAMMA: 0})) == 0
+    assert sp.expand(anti.subs({ALPHA: -1, GAMMA: 1, BETA: sp.Rational(1, 3)})) != 0
     # and it is the derived K'_aa K'_bb - K'_ab^2 (helpers unfolded), at an arbitrary point
     derived, _ = gram_step(routine.pair["G"], routine.diag["G_d"])
     point = {KAA: sp.Rational(7, 10), KBB: sp.Rational(13, 10), KAB: sp.Rational(-1, 3)}
@@ -111,6 +128,25 @@ def test_duplicate_inputs_mpmath_path(activation, net):
     out = _run(activation, net, np.ones((2, 2)))
     for key in ("chi", "chi_out", "K"):
         np.testing.assert_allclose(out[key], np.array(mp_out[key], dtype=float), rtol=1e-13)
+
+
+@pytest.mark.parametrize("sw2, sb2", [(1.25, 0.05), (2.0, 0.0)])
+def test_anti_aligned_inputs_abs_ffnet(sw2, sb2):
+    """|x| in the FFNet maps c = -1 onto c = +1 exactly (phi(-u) = phi(u)); then
+    dG/dK_ab = -1 at the first layer and +1 after it, so chi_ab = -chi_aa exactly."""
+    out = _run("abs", "ffnet", np.array([[1.0, -1.0], [-1.0, 1.0]]), sw2, sb2)
+    np.testing.assert_allclose(out["chi"][0, 1], -out["chi"][0, 0], rtol=1e-14)
+    np.testing.assert_allclose(out["K"][0, 1], out["K"][0, 0], rtol=1e-14)
+    chi = propagate_mp(_spec("abs", "ffnet", sw2, sb2), [[1, -1], [-1, 1]], dps=30)["chi"]
+    assert abs(chi[0][1] + chi[0][0]) <= 1e-28 * abs(chi[0][0])
+    # and near it, c = -1 + 2^-40, against the 60-digit reference without a carried Delta
+    K0 = [["1", "-" + NEAR_ONE], ["-" + NEAR_ONE, "1"]]
+    ref = propagate_mp(_spec("abs", "ffnet", sw2, sb2), K0, dps=60, carry_delta=False)
+    near = _run("abs", "ffnet", np.array([[1.0, -float(NEAR_ONE)], [-float(NEAR_ONE), 1.0]]),
+                sw2, sb2)
+    with mpmath.workdps(60):
+        r = ref["chi"][0][1]
+        assert abs((mpmath.mpf(float(near["chi"][0, 1])) - r) / r) < 1e-13
 
 
 # -- c = 1 - 1e-12 ------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from ..ir import (
     KernelRoutine,
     pair_price_orders,
 )
-from ..numerics import DELTA, EXCESS, GAP, SA, SB
+from ..numerics import DELTA, EXCESS, EXCESS_M, GAP, GAP_M, SA, SB
 from ..response import DK, DQ, DQA, DQB
 from .printer import NumpyExpressionPrinter, hoist_per_input, print_block
 
@@ -181,6 +181,7 @@ def _net_context(routine: KernelRoutine, net: str, gamma: sp.Expr, beta: sp.Expr
     hoisted, layer = _hoist_invariants(specialised, invariant)
     names = {**LOOP_NAMES, RHO: "rho", DQ: "dq", DQA: "dq_a", DQB: "dq_b", DK: "dk",
              KAA: "qa", KBB: "qb", SA: "sa", SB: "sb", DELTA: "Delta", EXCESS: "W", GAP: "D",
+             EXCESS_M: "W_m", GAP_M: "D_m",
              **_param_names(routine)}
     printer = NumpyExpressionPrinter(names)
     invariants = []
@@ -250,11 +251,13 @@ def _gram_lines(step: sp.Expr | None, printer: NumpyExpressionPrinter) -> list[t
                (KBB, "qb", "numpy.take(q, ju, axis=-1)"),
                (SA, "sa", "numpy.sqrt(numpy.repeat(q, counts, axis=-1))"),
                (SB, "sb", "numpy.sqrt(numpy.take(q, ju, axis=-1))"),
-               (EXCESS, "W", "_excess(Delta, k)")]
+               (EXCESS, "W", "_excess(Delta, k)"), (EXCESS_M, "W_m", "_excess(Delta, -k)")]
     lines = [(name, text) for symbol, name, text in helpers if symbol in needs]
+    root = ("sa * sb" if {SA, SB} <= needs else
+            "numpy.sqrt(numpy.repeat(q, counts, axis=-1) * numpy.take(q, ju, axis=-1))")
     if GAP in needs:
-        lines.append(("D", "_gap(" + ("sa * sb" if {SA, SB} <= needs else
-                                      "numpy.sqrt(numpy.repeat(q, counts, axis=-1) * "
-                                      "numpy.take(q, ju, axis=-1))") + ", k, Delta)"))
+        lines.append(("D", f"_gap({root}, k, Delta)"))
+    if GAP_M in needs:
+        lines.append(("D_m", f"_gap({root}, -k, Delta)"))
     lines.append(("Delta_new", f"numpy.maximum({printer.doprint(step)}, 0.0)"))
     return lines
