@@ -92,10 +92,12 @@ def _jsonable(value: object) -> object:
     return value
 
 
-def _print_matrix(name: str, matrix: np.ndarray) -> None:
+def _print_matrix(name: str, matrix: np.ndarray | list) -> None:
+    """Rows of floats (12 significant digits) or of decimal strings (--dps, as computed)."""
     print(f"{name}:")
-    for row in np.atleast_2d(matrix):
-        print("  " + "  ".join(f"{x: .12g}" for x in row))
+    rows = matrix if isinstance(matrix, list) else np.atleast_2d(matrix)
+    for row in rows:
+        print("  " + "  ".join(x if isinstance(x, str) else f"{x: .12g}" for x in row))
 
 
 # -- commands ---------------------------------------------------------------------------
@@ -144,7 +146,7 @@ def _cmd_kernel(args: argparse.Namespace) -> int:
           + f"  [{payload['method']}; moments {payload.get('moments', '')}]")
     for key in ("K", "K_out", "chi", "chi_out"):
         value = payload[key]
-        _print_matrix(key, np.array(value, dtype=float) if args.dps else value)
+        _print_matrix(key, value)
     for warning in payload.get("warnings", []):
         print(f"warning: {warning}")
     return 0
