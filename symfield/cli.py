@@ -235,8 +235,10 @@ def _cmd_optimal_rho(args: argparse.Namespace) -> int:
                                          "per input pair): drop --dps or --data")
     K0 = _input_kernel(args)
     progress = Progress("optimal-rho", "depths", args.depths, proportional=False)
+    # stages: float64 roots, (mpmath refinement), continuum limit
+    cut = (0.1, 0.95) if dps is not None else (0.9, 0.9)
     result = optimal_rho(args.activation, sw2, sb2, K0, depths, sw2_out=sw2_out,
-                         sb2_out=sb2_out, progress=progress)
+                         sb2_out=sb2_out, progress=progress.span(0.0, cut[0]))
     size = K0.shape[0]
     named = {"diagonal": (0, 0)} | ({"offdiagonal": (0, 1)} if size > 1 else {})
     payload: dict[str, object] = {"activation": args.activation, "sw2": sw2, "sb2": sb2,
@@ -256,14 +258,14 @@ def _cmd_optimal_rho(args: argparse.Namespace) -> int:
             payload[f"reason_{label}"] = reasons
     if dps is not None:
         refined = _refine_payload(args.activation, sw2, sb2, K0, result, named, dps, sw2_out,
-                                  sb2_out, progress)
+                                  sb2_out, progress.span(cut[0], cut[1], "mpmath refinement"))
         payload.update(refined)
         payload["method"] = f"mpmath ({dps} digits), started from the float64 roots"
     if size == 1:
         payload["rho_star_offdiagonal"] = None
         payload["reason_offdiagonal"] = "one input: no off-diagonal response"
     if not args.no_continuum:
-        progress.stage = "continuum limit"
+        progress.span(cut[1], 1.0, "continuum limit")(0.0)
         payload.update(_continuum_payload(args.activation, sw2, sb2, K0, depths, payload,
                                           sw2_out, named, dps))
     progress.close()
@@ -295,8 +297,9 @@ def _refine_payload(activation: str, sw2: float, sb2: float, K0: np.ndarray, res
     def text(value: object) -> str | None:
         return None if value is None else mpmath.nstr(value, dps)
 
-    jobs = [(label, o) for label, entry in named.items() for o in result.optima[entry]
-            if o.rho_star is not None]
+    # the work of a refinement is proportional to its depth
+    total = sum(o.depth for entry in named.values() for o in result.optima[entry]
+                if o.rho_star is not None)
     out: dict[str, object] = {}
     done = 0
     for label, entry in named.items():
@@ -306,11 +309,11 @@ def _refine_payload(activation: str, sw2: float, sb2: float, K0: np.ndarray, res
             if o.rho_star is None:
                 found.append(None)
                 continue
-            progress.stage = f"mpmath refinement L={o.depth}"
-            found.append(refine_mp_full(activation, sw2, sb2, K0, o.depth, entry, o.rho_star,
-                                        dps, sw2_out=sw2_out, sb2_out=sb2_out))
-            done += 1
-            progress(done / max(1, len(jobs)))
+            found.append(refine_mp_full(
+                activation, sw2, sb2, K0, o.depth, entry, o.rho_star, dps, sw2_out=sw2_out,
+                sb2_out=sb2_out,
+                progress=lambda f, done=done, depth=o.depth: progress((done + depth * f) / total)))
+            done += o.depth
         rhos = [None if f is None else f.rho_star for f in found]
         out[f"rho_star_{label}"] = [text(r) for r in rhos]
         out[f"chi_out_max_{label}"] = [None if f is None else text(f.chi_out_max)

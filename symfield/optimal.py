@@ -26,6 +26,8 @@ RTOL = 1e-13
 MAX_ITERATIONS = 200
 #: Typical number of d chi_out / d rho passes after the scan (for progress estimates).
 EXPECTED_ITERATIONS = 24
+#: Typical number of mpmath passes of one refinement (findroot on mp.diff, curvature).
+EXPECTED_MP_PASSES = 24
 
 
 @dataclass
@@ -288,9 +290,11 @@ class MpOptimum:
 
 def refine_mp_full(activation: str, sw2: float, sb2: float, K0: np.ndarray, depth: int,
                    entry: tuple[int, int], rho0: float, dps: int, *, sw2_out: float = 1.0,
-                   sb2_out: float = 0.0, second: bool = True) -> MpOptimum:
+                   sb2_out: float = 0.0, second: bool = True,
+                   progress: Callable[[float], None] | None = None) -> MpOptimum:
     """:func:`refine_mp` plus the curvature d^2 ln chi_out / d rho^2 at the root (mpmath
-    numerical differentiation at ``dps + 10`` digits)."""
+    numerical differentiation at ``dps + 10`` digits). ``progress`` gets an estimate of
+    the fraction done (about ``EXPECTED_MP_PASSES`` passes through the layers)."""
     import mpmath
 
     from .precision import propagate_mp
@@ -298,19 +302,27 @@ def refine_mp_full(activation: str, sw2: float, sb2: float, K0: np.ndarray, dept
 
     a, b = entry
     work = dps + 10
+    passes = [0]
+
+    def report(fraction: float) -> None:
+        if progress is not None:
+            progress(min(0.99, (passes[0] + fraction) / EXPECTED_MP_PASSES))
+
+    def run(spec: NetworkSpec) -> object:
+        passes[0] += 1
+        return propagate_mp(spec, K0, dps=work, progress=report)["chi_out"][a][b]
 
     def log_chi_out(rho: object) -> object:
         spec = NetworkSpec("resnet", activation, sw2, sb2, depth, rho=float(rho),
                            sw2_out=sw2_out, sb2_out=sb2_out)
-        return mpmath.log(abs(propagate_mp(_with_rho(spec, rho), K0, dps=work)["chi_out"][a][b]))
+        return mpmath.log(abs(run(_with_rho(spec, rho))))
 
     with mpmath.workdps(work):
         slope = lambda r: mpmath.diff(log_chi_out, r)  # noqa: E731
         root = mpmath.findroot(slope, mpmath.mpf(rho0), tol=mpmath.mpf(10) ** (-dps - 2))
-        value = propagate_mp(_with_rho(NetworkSpec("resnet", activation, sw2, sb2, depth,
-                                                   rho=float(root), sw2_out=sw2_out,
-                                                   sb2_out=sb2_out), root),
-                             K0, dps=work)["chi_out"][a][b]
+        value = run(_with_rho(NetworkSpec("resnet", activation, sw2, sb2, depth,
+                                          rho=float(root), sw2_out=sw2_out,
+                                          sb2_out=sb2_out), root))
         curvature = mpmath.diff(log_chi_out, root, 2) if second else None
     return MpOptimum(root, value, curvature)
 

@@ -14,6 +14,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 from .spec import SpecError
@@ -52,13 +53,17 @@ class Progress:
         self.last_draw = 0.0
         self.drawn = False
         self.stage = ""
+        # the projection extrapolates the rate of the current stage
+        self.stage_start, self.stage_fraction = self.start, 0.0
 
     def __call__(self, fraction: float) -> None:
         now = time.perf_counter()
         elapsed = now - self.start
-        if elapsed < CALIBRATION or fraction <= 0:
+        in_stage = now - self.stage_start
+        done = min(fraction, 1.0) - self.stage_fraction
+        if in_stage < CALIBRATION or done <= 0:
             return
-        total = elapsed / min(fraction, 1.0)
+        total = (self.stage_start - self.start) + in_stage / done * (1 - self.stage_fraction)
         if total > self.limit:
             self.close()
             allowed = (f"the run would take about {total:.0f} s here, over the "
@@ -70,6 +75,16 @@ class Progress:
         if now - self.last_draw >= (0.25 if self.stream.isatty() else 5.0):
             self.last_draw = now
             self.draw(fraction, elapsed, total - elapsed)
+
+    def span(self, lo: float, hi: float, stage: str = "") -> Callable[[float], None]:
+        """A callback for one stage that covers the fractions [lo, hi] of the work."""
+        def report(fraction: float) -> None:
+            value = lo + (hi - lo) * min(max(fraction, 0.0), 1.0)
+            if stage != self.stage:
+                self.stage = stage
+                self.stage_start, self.stage_fraction = time.perf_counter(), value
+            self(value)
+        return report
 
     def draw(self, fraction: float, elapsed: float, left: float) -> None:
         filled = int(BAR * min(fraction, 1.0))
