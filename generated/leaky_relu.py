@@ -48,8 +48,8 @@ def _gram_det(qa, qb, k):
 
 def _gap(r, k, Delta):
     """sqrt(K_aa K_bb) - K_ab (r = sqrt(K_aa) sqrt(K_bb)): Delta / (r + K_ab) for K_ab > 0."""
-    with numpy.errstate(divide="ignore", invalid="ignore"):
-        return numpy.where(k > 0, Delta / (r + k), r - k)
+    s = r + numpy.abs(k)  # > 0: r - k for K_ab <= 0, the denominator for K_ab > 0
+    return numpy.where(k > 0, Delta / s, s)
 
 
 def _excess(Delta, k):
@@ -226,13 +226,15 @@ def _chunk_ffnet(q, k, tri, depth, par, responses, tensor, layers, progress=None
             log_p = log_p + _log_abs(J_k)
             sign_p = sign_p * numpy.sign(J_k)
             q_new, k_new = G_d*sw2 + sb2, G*sw2 + sb2
-        sa = numpy.sqrt(numpy.repeat(q, counts, axis=-1))
-        sb = numpy.sqrt(numpy.take(q, ju, axis=-1))
+        sq = numpy.sqrt(q)
+        sa, sb = numpy.repeat(sq, counts, axis=-1), numpy.take(sq, ju, axis=-1)
         W = _excess(Delta, k)
-        W_m = _excess(Delta, -k)
         D = _gap(sa * sb, k, Delta)
-        D_m = _gap(sa * sb, -k, Delta)
-        Delta_new = numpy.maximum(numpy.select([numpy.greater_equal(k, 0),True], [D*c1 + Delta*c0 + W**2*c3 + W*c4*(k*c6 + k*sw2 + c5) + c2*(sa - sb)**2,D_m*c8 + Delta*c7 + W_m**2*c3 + W_m*c12*(k*c13 + sb2) + c2*(sa - sb)**2 + c9*sa*sb*(c10 + c11*sa*sb + c6*sa*sb + sa*sb*sw2)], default=numpy.nan), 0.0)
+        Delta_new = numpy.maximum(D*c1 + Delta*c0 + W**2*c3 + W*c4*(k*c6 + k*sw2 + c5) + c2*(sa - sb)**2, 0.0)
+        if numpy.any(k < 0):  # the branch at c -> -1
+            W_m = _excess(Delta, -k)
+            D_m = _gap(sa * sb, -k, Delta)
+            Delta_new = numpy.where(k >= 0, Delta_new, numpy.maximum(D_m*c8 + Delta*c7 + W_m**2*c3 + W_m*c12*(k*c13 + sb2) + c2*(sa - sb)**2 + c9*sa*sb*(c10 + c11*sa*sb + c6*sa*sb + sa*sb*sw2), 0.0))
         q, k, Delta = q_new, k_new, Delta_new
         if layers:
             history.append((q, k, log_d, sign_d, log_p, sign_p))
@@ -302,13 +304,15 @@ def _chunk_resnet(q, k, tri, depth, par, responses, tensor, layers, progress=Non
             log_p = log_p + _log_abs_1p(G_k*c1)
             sign_p = sign_p * numpy.sign(J_k)
             q_new, k_new = G_d*c1 + c0 + q, G*c1 + k + c0
-        sa = numpy.sqrt(numpy.repeat(q, counts, axis=-1))
-        sb = numpy.sqrt(numpy.take(q, ju, axis=-1))
+        sq = numpy.sqrt(q)
+        sa, sb = numpy.repeat(sq, counts, axis=-1), numpy.take(sq, ju, axis=-1)
         W = _excess(Delta, k)
-        W_m = _excess(Delta, -k)
         D = _gap(sa * sb, k, Delta)
-        D_m = _gap(sa * sb, -k, Delta)
-        Delta_new = numpy.maximum(numpy.select([numpy.greater_equal(k, 0),True], [D*c5 + Delta*c4 + W**2*c7 + W*c8*(k*c1 + k*c10 + 2*k + c9) + c6*(sa - sb)**2,D_m*c12 + Delta*c11 + W_m**2*c7 + W_m*c17*(k*c18 + k + c0) + c13*sa*sb*(c14 + c15*sa*sb + c16*sa*sb + sa*sb*sw2) + c6*(sa - sb)**2], default=numpy.nan), 0.0)
+        Delta_new = numpy.maximum(D*c5 + Delta*c4 + W**2*c7 + W*c8*(k*c1 + k*c10 + 2*k + c9) + c6*(sa - sb)**2, 0.0)
+        if numpy.any(k < 0):  # the branch at c -> -1
+            W_m = _excess(Delta, -k)
+            D_m = _gap(sa * sb, -k, Delta)
+            Delta_new = numpy.where(k >= 0, Delta_new, numpy.maximum(D_m*c12 + Delta*c11 + W_m**2*c7 + W_m*c17*(k*c18 + k + c0) + c13*sa*sb*(c14 + c15*sa*sb + c16*sa*sb + sa*sb*sw2) + c6*(sa - sb)**2, 0.0))
         q, k, Delta = q_new, k_new, Delta_new
         if layers:
             history.append((q, k, log_d, sign_d, log_p, sign_p))
@@ -396,13 +400,15 @@ def _tangent_resnet(q, k, tri, depth, par, progress=None):
         q_new, k_new = G_d*c1 + c0 + q, G*c1 + k + c0
         dq, dk = (G_d*c3 + c2 + dq*(G_d_q*c1 + 1),
                   G*c3 + G_qa*c1*dq_a + G_qb*c1*dq_b + c2 + dk*(G_k*c1 + 1))
-        sa = numpy.sqrt(numpy.repeat(q, counts, axis=-1))
-        sb = numpy.sqrt(numpy.take(q, ju, axis=-1))
+        sq = numpy.sqrt(q)
+        sa, sb = numpy.repeat(sq, counts, axis=-1), numpy.take(sq, ju, axis=-1)
         W = _excess(Delta, k)
-        W_m = _excess(Delta, -k)
         D = _gap(sa * sb, k, Delta)
-        D_m = _gap(sa * sb, -k, Delta)
-        Delta_new = numpy.maximum(numpy.select([numpy.greater_equal(k, 0),True], [D*c5 + Delta*c4 + W**2*c7 + W*c8*(k*c1 + k*c10 + 2*k + c9) + c6*(sa - sb)**2,D_m*c12 + Delta*c11 + W_m**2*c7 + W_m*c17*(k*c18 + k + c0) + c13*sa*sb*(c14 + c15*sa*sb + c16*sa*sb + sa*sb*sw2) + c6*(sa - sb)**2], default=numpy.nan), 0.0)
+        Delta_new = numpy.maximum(D*c5 + Delta*c4 + W**2*c7 + W*c8*(k*c1 + k*c10 + 2*k + c9) + c6*(sa - sb)**2, 0.0)
+        if numpy.any(k < 0):  # the branch at c -> -1
+            W_m = _excess(Delta, -k)
+            D_m = _gap(sa * sb, -k, Delta)
+            Delta_new = numpy.where(k >= 0, Delta_new, numpy.maximum(D_m*c12 + Delta*c11 + W_m**2*c7 + W_m*c17*(k*c18 + k + c0) + c13*sa*sb*(c14 + c15*sa*sb + c16*sa*sb + sa*sb*sw2) + c6*(sa - sb)**2, 0.0))
         q, k, Delta = q_new, k_new, Delta_new
     G_d, G_d_q, G_d_qq = _diag_second(q, alpha)
     G, G_k, G_qa, G_qb, G_kk, G_kqa, G_kqb = _pair_second(q, k, tri, alpha,

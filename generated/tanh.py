@@ -49,8 +49,8 @@ def _gram_det(qa, qb, k):
 
 def _gap(r, k, Delta):
     """sqrt(K_aa K_bb) - K_ab (r = sqrt(K_aa) sqrt(K_bb)): Delta / (r + K_ab) for K_ab > 0."""
-    with numpy.errstate(divide="ignore", invalid="ignore"):
-        return numpy.where(k > 0, Delta / (r + k), r - k)
+    s = r + numpy.abs(k)  # > 0: r - k for K_ab <= 0, the denominator for K_ab > 0
+    return numpy.where(k > 0, Delta / s, s)
 
 
 def _excess(Delta, k):
@@ -236,7 +236,7 @@ def _chunk_ffnet(q, k, tri, depth, par, responses, tensor, layers, progress=None
         X_a = numpy.zeros_like(k)
         X_b = numpy.zeros_like(k)
     history = [(q, k, log_d, sign_d, log_p, sign_p)] if layers else None
-    Delta = _gram_det(numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1), k)
+    Delta = None  # no stable Gram map: the moments recompute it
     for layer in range(depth):
         if progress is not None:
             progress(layer)
@@ -263,8 +263,7 @@ def _chunk_ffnet(q, k, tri, depth, par, responses, tensor, layers, progress=None
             log_p = log_p + _log_abs(J_k)
             sign_p = sign_p * numpy.sign(J_k)
             q_new, k_new = G_d*sw2 + sb2, G*sw2 + sb2
-        Delta_new = _gram_det(numpy.repeat(q_new, counts, axis=-1), numpy.take(q_new, ju, axis=-1), k_new)
-        q, k, Delta = q_new, k_new, Delta_new
+        q, k = q_new, k_new
         if layers:
             history.append((q, k, log_d, sign_d, log_p, sign_p))
     return _readout(q, k, Delta, tri, par, log_d, sign_d, log_p, sign_p,
@@ -288,7 +287,7 @@ def _chunk_resnet(q, k, tri, depth, par, responses, tensor, layers, progress=Non
         X_a = numpy.zeros_like(k)
         X_b = numpy.zeros_like(k)
     history = [(q, k, log_d, sign_d, log_p, sign_p)] if layers else None
-    Delta = _gram_det(numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1), k)
+    Delta = None  # no stable Gram map: the moments recompute it
     for layer in range(depth):
         if progress is not None:
             progress(layer)
@@ -315,8 +314,7 @@ def _chunk_resnet(q, k, tri, depth, par, responses, tensor, layers, progress=Non
             log_p = log_p + _log_abs_1p(G_k*c1)
             sign_p = sign_p * numpy.sign(J_k)
             q_new, k_new = G_d*c1 + c0 + q, G*c1 + k + c0
-        Delta_new = _gram_det(numpy.repeat(q_new, counts, axis=-1), numpy.take(q_new, ju, axis=-1), k_new)
-        q, k, Delta = q_new, k_new, Delta_new
+        q, k = q_new, k_new
         if layers:
             history.append((q, k, log_d, sign_d, log_p, sign_p))
     return _readout(q, k, Delta, tri, par, log_d, sign_d, log_p, sign_p,
@@ -366,7 +364,7 @@ def _tangent_resnet(q, k, tri, depth, par, progress=None):
     log_d, sign_d = numpy.zeros_like(q), numpy.ones_like(q)
     log_p, sign_p = numpy.zeros_like(k), numpy.ones_like(k)
     dlog_d, dlog_p = numpy.zeros_like(q), numpy.zeros_like(k)
-    Delta = _gram_det(numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1), k)
+    Delta = None  # no stable Gram map: the moments recompute it
     for layer in range(depth):
         if progress is not None:
             progress(layer)
@@ -385,8 +383,7 @@ def _tangent_resnet(q, k, tri, depth, par, progress=None):
         q_new, k_new = G_d*c1 + c0 + q, G*c1 + k + c0
         dq, dk = (G_d*c3 + c2 + dq*(G_d_q*c1 + 1),
                   G*c3 + G_qa*c1*dq_a + G_qb*c1*dq_b + c2 + dk*(G_k*c1 + 1))
-        Delta_new = _gram_det(numpy.repeat(q_new, counts, axis=-1), numpy.take(q_new, ju, axis=-1), k_new)
-        q, k, Delta = q_new, k_new, Delta_new
+        q, k = q_new, k_new
     G_d, G_d_q, G_d_qq = _diag_second(q)
     G, G_k, G_qa, G_qb, G_kk, G_kqa, G_kqb = _pair_second(q, k, tri,
                                                          delta=Delta)

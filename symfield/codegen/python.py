@@ -206,6 +206,11 @@ def _net_context(routine: KernelRoutine, net: str, gamma: sp.Expr, beta: sp.Expr
         "process_inputs": process_inputs,
         "inputs": process_inputs + ["sw2", "sb2"] + params,
         "invariants": invariants, "fused": fused, "gram": gram,
+        "delta_init": ("Delta = _gram_det(numpy.repeat(q, counts, axis=-1), "
+                       "numpy.take(q, ju, axis=-1), k)" if gram else
+                       "Delta = None  # no stable Gram map: the moments recompute it"),
+        "state_update": ("q, k, Delta = q_new, k_new, Delta_new" if gram
+                         else "q, k = q_new, k_new"),
         "tangent": {name[len("tangent_"):]: printer.doprint(expr)
                     for name, expr in layer.items() if name.startswith("tangent_")},
         "layer": {name: printer.doprint(expr) for name, expr in layer.items()
@@ -237,27 +242,40 @@ def _fused_step(q_new: sp.Expr, k_new: sp.Expr, constants: tuple[sp.Symbol, ...]
     return lines
 
 
-def _gram_lines(step: sp.Expr | None, printer: NumpyExpressionPrinter) -> list[tuple[str, str]]:
+def _gram_lines(step: sp.Expr | None, printer: NumpyExpressionPrinter) -> list[str]:
     """Statements for Delta' (the Gram determinant carried through the loop).
 
     With a stable map (numerics.stable_gram) Delta' is computed from the old state
-    (q, k, Delta) and its helpers; without one it is recomputed from the new kernel.
+    (q, k, Delta) and its helpers, the c -> -1 branch only when some K_ab < 0; without
+    one nothing is carried (the pair moments recompute Delta, smooth families do not
+    need more).
     """
     if step is None:
-        return [("Delta_new", "_gram_det(numpy.repeat(q_new, counts, axis=-1), "
-                              "numpy.take(q_new, ju, axis=-1), k_new)")]
+        return []
+    if isinstance(step, sp.Piecewise):
+        (plus, _), (minus, _) = step.args
+    else:
+        plus, minus = step, None
     needs = step.free_symbols
-    helpers = [(KAA, "qa", "numpy.repeat(q, counts, axis=-1)"),
-               (KBB, "qb", "numpy.take(q, ju, axis=-1)"),
-               (SA, "sa", "numpy.sqrt(numpy.repeat(q, counts, axis=-1))"),
-               (SB, "sb", "numpy.sqrt(numpy.take(q, ju, axis=-1))"),
-               (EXCESS, "W", "_excess(Delta, k)"), (EXCESS_M, "W_m", "_excess(Delta, -k)")]
-    lines = [(name, text) for symbol, name, text in helpers if symbol in needs]
-    root = ("sa * sb" if {SA, SB} <= needs else
-            "numpy.sqrt(numpy.repeat(q, counts, axis=-1) * numpy.take(q, ju, axis=-1))")
-    if GAP in needs:
-        lines.append(("D", f"_gap({root}, k, Delta)"))
-    if GAP_M in needs:
-        lines.append(("D_m", f"_gap({root}, -k, Delta)"))
-    lines.append(("Delta_new", f"numpy.maximum({printer.doprint(step)}, 0.0)"))
+    lines = []
+    if KAA in needs:
+        lines.append("qa = numpy.repeat(q, counts, axis=-1)")
+    if KBB in needs:
+        lines.append("qb = numpy.take(q, ju, axis=-1)")
+    if needs & {SA, SB, GAP, GAP_M}:
+        lines.append("sq = numpy.sqrt(q)")
+        lines.append("sa, sb = numpy.repeat(sq, counts, axis=-1), numpy.take(sq, ju, axis=-1)")
+    for symbol, name, text in ((EXCESS, "W", "_excess(Delta, k)"),
+                               (GAP, "D", "_gap(sa * sb, k, Delta)")):
+        if symbol in plus.free_symbols:
+            lines.append(f"{name} = {text}")
+    lines.append(f"Delta_new = numpy.maximum({printer.doprint(plus)}, 0.0)")
+    if minus is not None:
+        lines.append("if numpy.any(k < 0):  # the branch at c -> -1")
+        for symbol, name, text in ((EXCESS_M, "W_m", "_excess(Delta, -k)"),
+                                   (GAP_M, "D_m", "_gap(sa * sb, -k, Delta)")):
+            if symbol in minus.free_symbols:
+                lines.append(f"    {name} = {text}")
+        lines.append(f"    Delta_new = numpy.where(k >= 0, Delta_new, "
+                     f"numpy.maximum({printer.doprint(minus)}, 0.0))")
     return lines
