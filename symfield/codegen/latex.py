@@ -452,15 +452,22 @@ def family_section(routine: KernelRoutine) -> Section:
         eqs.append(equation(printer, f"{name}-G_d_q", sp.Derivative(G_D(Q), Q),
                             routine.diag["G_d_q"], "Its derivative in $q$."))
         if routine.gram is not None:
-            eqs.append(equation(
-                printer, f"{name}-gram-stable", r"\Delta^{(l)}", routine.gram,
-                "The Gram map with these moments, as generated: every term carries "
-                "$\\Delta$, $(s_a - s_b)^2$ ($s = \\sqrt{q}$), "
-                "$D = \\sqrt{K_{aa} K_{bb}} - K_{ab}$ "
-                "(computed as $\\Delta / (s_a s_b + K_{ab})$ for $K_{ab} > 0$) or "
-                "$W = \\sqrt{\\Delta} - K_{ab} \\operatorname{atan2}(\\sqrt{\\Delta}, K_{ab})"
-                " \\geq 0$, so it has no cancellation as $c \\to 1$ "
-                "(right-hand side at layer $l - 1$)."))
+            branches = (routine.gram.args if isinstance(routine.gram, sp.Piecewise)
+                        else ((routine.gram, True),))
+            notes = (
+                "$K_{ab} \\geq 0$: every term carries $\\Delta$, $(s_a - s_b)^2$ "
+                "($s = \\sqrt{q}$), $D = \\sqrt{K_{aa} K_{bb}} - K_{ab}$ (computed as "
+                "$\\Delta / (s_a s_b + K_{ab})$) or $W = \\sqrt{\\Delta} - K_{ab}"
+                " \\operatorname{atan2}(\\sqrt{\\Delta}, K_{ab}) \\geq 0$",
+                "$K_{ab} < 0$: the same at $c \\to -1$ with $D_m = \\sqrt{K_{aa} K_{bb}} + "
+                "K_{ab}$ and $W_m = \\sqrt{\\Delta} + K_{ab} \\operatorname{atan2}"
+                "(\\sqrt{\\Delta}, -K_{ab})$; the boundary value is a sum of powers of "
+                "$(s_a - s_b)^2$ with factored coefficients")
+            for (expr, _), note, tag in zip(branches, notes, ("", "-minus"), strict=False):
+                eqs.append(equation(
+                    printer, f"{name}-gram-stable{tag}", r"\Delta^{(l)}", expr,
+                    "The Gram map with these moments, as generated, for " + note
+                    + ": no cancellation as $|c| \\to 1$ (right-hand side at layer $l - 1$)."))
         intro = "Closed forms derived by Price's theorem from the identity table."
     else:
         plan = routine.quadrature
