@@ -185,6 +185,12 @@ def optimize(act, K0: np.ndarray, depth: int, sw2: np.ndarray, sb2: np.ndarray,
     for h in range(n_h):
         for index, entry in enumerate(entries):
             outcome = _bracket(depth, entry, grid[trusted[h]], slope[h, trusted[h], index])
+            a, b = entry
+            if (isinstance(outcome, Optimum) and outcome.reason.startswith("no finite slope")
+                    and a != b and K0[a, a] * K0[b, b] - K0[a, b] ** 2 <= 0):
+                outcome.reason += (f" (inputs {a} and {b} have |c| = 1: for a kinked phi "
+                                   "d^2 G / dK_ab^2 is infinite there, so d chi_ab / d rho "
+                                   "is not available by forward differentiation)")
             if isinstance(outcome, Optimum) and not trusted[h].all():
                 outcome.reason += (f" (scan limited to variances <= {module.QUADRATURE_Q_MAX:g},"
                                    " where the quadrature accuracy is stated)")
