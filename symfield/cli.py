@@ -70,10 +70,13 @@ def network_spec(args: argparse.Namespace, depth: object | None = None) -> Netwo
     resolve(args.activation)  # names the activation in the error before any work
     return NetworkSpec(
         net=args.net, activation=args.activation,
-        sw2=check_real("sw2", args.sw2), sb2=check_real("sb2", args.sb2),
+        sw2=check_real("sw2", args.sw2, minimum=0.0, what="a weight variance"),
+        sb2=check_real("sb2", args.sb2, minimum=0.0, what="a bias variance"),
         depth=check_depth("depth", args.depth, MAX_DEPTH) if depth is None else depth,
-        rho=None if rho is None else check_real("rho", rho),
-        sw2_out=check_real("sw2_out", args.sw2_out), sb2_out=check_real("sb2_out", args.sb2_out))
+        rho=None if rho is None else check_real("rho", rho, minimum=0.0,
+                                                what="the residual scaling"),
+        sw2_out=check_real("sw2_out", args.sw2_out, minimum=0.0, what="a weight variance"),
+        sb2_out=check_real("sb2_out", args.sb2_out, minimum=0.0, what="a bias variance"))
 
 
 # -- output helpers ---------------------------------------------------------------------
