@@ -309,6 +309,14 @@ def test_optimal_rho_dps_prints_every_number_from_mpmath(capsys):
         # rho*_continuum = sqrt(t*/L), also at 30 digits
         rho10 = mpmath.mpf(out["rho_star_continuum"]["diagonal"][0])
         assert abs(rho10 - expected / mpmath.sqrt(10)) < 1e-25
+    # the other numbers (roots, curvature, exponent, gaps) agree with a 40-digit run
+    assert main(argv + ["--dps", "40", "--no-continuum"]) == 0
+    finer = json.loads(capsys.readouterr().out)
+    with mpmath.workdps(40):
+        for key in ("rho_star_diagonal", "chi_out_max_diagonal",
+                    "second_derivative_diagonal", "exponent_diagonal"):
+            for v, r in zip(_leaves(out[key]), _leaves(finer[key]), strict=True):
+                assert abs(mpmath.mpf(v) - mpmath.mpf(r)) <= 1e-25 * abs(mpmath.mpf(r)), key
     # the float64 run of the same command prints the continuum as floats good to ~1e-15
     assert main(argv) == 0
     plain = json.loads(capsys.readouterr().out)
