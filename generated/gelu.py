@@ -48,6 +48,18 @@ def _gram_det(qa, qb, k):
     return numpy.maximum((p - r) + (e - f), 0.0)
 
 
+def _gap(r, k, Delta):
+    """sqrt(K_aa K_bb) - K_ab (r = sqrt(K_aa) sqrt(K_bb)): Delta / (r + K_ab) for K_ab > 0."""
+    s = r + numpy.abs(k)  # > 0: r - k for K_ab <= 0, the denominator for K_ab > 0
+    return numpy.where(k > 0, Delta / s, s)
+
+
+def _excess(Delta, k):
+    """W = sqrt(Delta) - K_ab atan2(sqrt(Delta), K_ab) = r (sin t - t cos t) >= 0."""
+    s = numpy.sqrt(Delta)
+    return numpy.maximum(s - k * numpy.arctan2(s, k), 0.0)
+
+
 _Z, _W = numpy.polynomial.hermite_e.hermegauss(QUADRATURE_NODES)
 _W = _W / numpy.sqrt(2.0 * numpy.pi)
 
@@ -170,22 +182,22 @@ def _diag_second(q):
     return moments
 
 
-def _pair_value(q, k, tri):
+def _pair_value(q, k, tri, delta=None):
     moments = _pair_moments(q, k, tri, ((0, 0, 0),))
     return moments[0]
 
 
-def _pair_grad(q, k, tri):
+def _pair_grad(q, k, tri, delta=None):
     moments = _pair_moments(q, k, tri, ((0, 0, 0), (1, 1, 0)))
     return moments
 
 
-def _pair_full(q, k, tri):
+def _pair_full(q, k, tri, delta=None):
     moments = _pair_moments(q, k, tri, ((0, 0, 0), (1, 1, 0), (2, 0, 1), (0, 2, 1)))
     return moments
 
 
-def _pair_second(q, k, tri):
+def _pair_second(q, k, tri, delta=None):
     moments = _pair_moments(q, k, tri, ((0, 0, 0), (1, 1, 0), (2, 0, 1), (0, 2, 1), (2, 2, 0), (3, 1, 1), (1, 3, 1)))
     return moments
 
@@ -214,7 +226,7 @@ def diag_expectations(q):
 
 
 
-def _chunk_ffnet(q, k, tri, depth, par, responses, tensor, layers):
+def _chunk_ffnet(q, k, tri, depth, par, responses, tensor, layers, progress=None):
     """ffnet layer loop for one chunk of the batch (packed: q (B,P), k (B,M))."""
     iu, ju, counts = tri
     sw2 = par["sw2"]
@@ -227,17 +239,20 @@ def _chunk_ffnet(q, k, tri, depth, par, responses, tensor, layers):
         X_a = numpy.zeros_like(k)
         X_b = numpy.zeros_like(k)
     history = [(q, k, log_d, sign_d, log_p, sign_p)] if layers else None
-    for _ in range(depth):
+    Delta = None  # no stable Gram map: the moments recompute it
+    for layer in range(depth):
+        if progress is not None:
+            progress(layer)
         if not responses:
             G_d = _diag_value(q)
-            G = _pair_value(q, k, tri)
+            G = _pair_value(q, k, tri, delta=Delta)
             q_new, k_new = G_d*sw2 + sb2, G*sw2 + sb2
         else:
             G_d, G_d_q = _diag_grad(q)
             if tensor:
-                G, G_k, G_qa, G_qb = _pair_full(q, k, tri)
+                G, G_k, G_qa, G_qb = _pair_full(q, k, tri, delta=Delta)
             else:
-                G, G_k = _pair_grad(q, k, tri)
+                G, G_k = _pair_grad(q, k, tri, delta=Delta)
             J_q = G_d_q*sw2
             J_k = G_k*sw2
             if tensor:
@@ -254,10 +269,10 @@ def _chunk_ffnet(q, k, tri, depth, par, responses, tensor, layers):
         q, k = q_new, k_new
         if layers:
             history.append((q, k, log_d, sign_d, log_p, sign_p))
-    return _readout(q, k, tri, par, log_d, sign_d, log_p, sign_p,
+    return _readout(q, k, Delta, tri, par, log_d, sign_d, log_p, sign_p,
                     (X_a, X_b) if tensor else None, responses, history)
 
-def _chunk_resnet(q, k, tri, depth, par, responses, tensor, layers):
+def _chunk_resnet(q, k, tri, depth, par, responses, tensor, layers, progress=None):
     """resnet layer loop for one chunk of the batch (packed: q (B,P), k (B,M))."""
     iu, ju, counts = tri
     rho = par["rho"]
@@ -275,17 +290,20 @@ def _chunk_resnet(q, k, tri, depth, par, responses, tensor, layers):
         X_a = numpy.zeros_like(k)
         X_b = numpy.zeros_like(k)
     history = [(q, k, log_d, sign_d, log_p, sign_p)] if layers else None
-    for _ in range(depth):
+    Delta = None  # no stable Gram map: the moments recompute it
+    for layer in range(depth):
+        if progress is not None:
+            progress(layer)
         if not responses:
             G_d = _diag_value(q)
-            G = _pair_value(q, k, tri)
+            G = _pair_value(q, k, tri, delta=Delta)
             q_new, k_new = G_d*c1 + c0 + q, G*c1 + k + c0
         else:
             G_d, G_d_q = _diag_grad(q)
             if tensor:
-                G, G_k, G_qa, G_qb = _pair_full(q, k, tri)
+                G, G_k, G_qa, G_qb = _pair_full(q, k, tri, delta=Delta)
             else:
-                G, G_k = _pair_grad(q, k, tri)
+                G, G_k = _pair_grad(q, k, tri, delta=Delta)
             J_q = G_d_q*c1 + 1
             J_k = G_k*c1 + 1
             if tensor:
@@ -302,17 +320,17 @@ def _chunk_resnet(q, k, tri, depth, par, responses, tensor, layers):
         q, k = q_new, k_new
         if layers:
             history.append((q, k, log_d, sign_d, log_p, sign_p))
-    return _readout(q, k, tri, par, log_d, sign_d, log_p, sign_p,
+    return _readout(q, k, Delta, tri, par, log_d, sign_d, log_p, sign_p,
                     (X_a, X_b) if tensor else None, responses, history)
 
 
-def _readout(q, k, tri, par, log_d, sign_d, log_p, sign_p, X, responses, history):
+def _readout(q, k, Delta, tri, par, log_d, sign_d, log_p, sign_p, X, responses, history):
     """K_out = readout map of K^(L); chi_out = readout Jacobian times chi^(L)."""
     iu, ju, counts = tri
     sw2_out, sb2_out = par["sw2_out"], par["sb2_out"]
     out = {"q": q, "k": k, "log_d": log_d, "sign_d": sign_d, "log_p": log_p, "sign_p": sign_p}
     G_d, G_d_q = _diag_grad(q)
-    G, G_k, G_qa, G_qb = _pair_full(q, k, tri)
+    G, G_k, G_qa, G_qb = _pair_full(q, k, tri, delta=Delta)
     out["out_q"] = G_d*sw2_out + sb2_out + numpy.zeros_like(q)
     out["out_k"] = G*sw2_out + sb2_out + numpy.zeros_like(k)
     if responses:
@@ -334,7 +352,7 @@ def _readout(q, k, tri, par, log_d, sign_d, log_p, sign_p, X, responses, history
     return out
 
 
-def _tangent_resnet(q, k, tri, depth, par):
+def _tangent_resnet(q, k, tri, depth, par, progress=None):
     """resnet: forward-mode d/d rho through the layer loop and the readout."""
     iu, ju, counts = tri
     sw2_out = par["sw2_out"]
@@ -349,9 +367,13 @@ def _tangent_resnet(q, k, tri, depth, par):
     log_d, sign_d = numpy.zeros_like(q), numpy.ones_like(q)
     log_p, sign_p = numpy.zeros_like(k), numpy.ones_like(k)
     dlog_d, dlog_p = numpy.zeros_like(q), numpy.zeros_like(k)
-    for _ in range(depth):
+    Delta = None  # no stable Gram map: the moments recompute it
+    for layer in range(depth):
+        if progress is not None:
+            progress(layer)
         G_d, G_d_q, G_d_qq = _diag_second(q)
-        G, G_k, G_qa, G_qb, G_kk, G_kqa, G_kqb = _pair_second(q, k, tri)
+        G, G_k, G_qa, G_qb, G_kk, G_kqa, G_kqb = _pair_second(q, k, tri,
+                                                             delta=Delta)
         dq_a, dq_b = numpy.repeat(dq, counts, axis=-1), numpy.take(dq, ju, axis=-1)
         J_q = G_d_q*c1 + 1
         J_k = G_k*c1 + 1
@@ -361,11 +383,13 @@ def _tangent_resnet(q, k, tri, depth, par):
         sign_p = sign_p * numpy.sign(J_k)
         dlog_d = dlog_d + (G_d_q*c3 + G_d_qq*c1*dq) / J_q
         dlog_p = dlog_p + (G_k*c3 + G_kk*c1*dk + G_kqa*c1*dq_a + G_kqb*c1*dq_b) / J_k
-        q, k, dq, dk = (G_d*c1 + c0 + q, G*c1 + k + c0,
-                        G_d*c3 + c2 + dq*(G_d_q*c1 + 1),
-                        G*c3 + G_qa*c1*dq_a + G_qb*c1*dq_b + c2 + dk*(G_k*c1 + 1))
+        q_new, k_new = G_d*c1 + c0 + q, G*c1 + k + c0
+        dq, dk = (G_d*c3 + c2 + dq*(G_d_q*c1 + 1),
+                  G*c3 + G_qa*c1*dq_a + G_qb*c1*dq_b + c2 + dk*(G_k*c1 + 1))
+        q, k = q_new, k_new
     G_d, G_d_q, G_d_qq = _diag_second(q)
-    G, G_k, G_qa, G_qb, G_kk, G_kqa, G_kqb = _pair_second(q, k, tri)
+    G, G_k, G_qa, G_qb, G_kk, G_kqa, G_kqb = _pair_second(q, k, tri,
+                                                         delta=Delta)
     dq_a, dq_b = numpy.repeat(dq, counts, axis=-1), numpy.take(dq, ju, axis=-1)
     R_q = G_d_q*sw2_out + numpy.zeros_like(q)
     R_k = G_k*sw2_out + numpy.zeros_like(k)
@@ -380,35 +404,41 @@ def _tangent_resnet(q, k, tri, depth, par):
     }
 
 
-def resnet_drho(K0, *, rho, sw2, sb2, depth, sw2_out=1.0, sb2_out=0.0):
+def resnet_drho(K0, *, rho, sw2, sb2, depth, sw2_out=1.0, sb2_out=0.0,
+                progress=None):
     """d/d rho of the resnet responses, by forward-mode differentiation of the loop.
 
     Keys (P x P, leading batch axis when batched): K, dK_drho, log_abs_chi,
     chi_sign, dlog_chi_drho, log_abs_chi_out, chi_out_sign, dlog_chi_out_drho,
-    and chi_out, dchi_out_drho = chi_out * dlog_chi_out_drho.
+    and chi_out, dchi_out_drho = chi_out * dlog_chi_out_drho. ``progress`` (optional) is
+    called with the fraction of the layer work done.
     """
     named = {"rho": rho, "sw2": sw2, "sb2": sb2, "sw2_out": sw2_out, "sb2_out": sb2_out}
-    result = _run_packed(_tangent_resnet, K0, depth, named)
+    result = _run_packed(_tangent_resnet, K0, depth, named, progress)
     result["chi_out"] = _signed_exp(result["log_abs_chi_out"], result["chi_out_sign"])
     result["dchi_out_drho"] = result["chi_out"] * result["dlog_chi_out_drho"]
     return result
 
 
 
-def _map_chunks(chunk, K0, named, depth, *flags):
+def _map_chunks(chunk, K0, named, depth, *flags, progress=None):
     """Pack K0, split the batch into cache-sized chunks and run ``chunk`` on each."""
     K0, batch, B, tri, q0, k0, par, step = _prepare(K0, named)
     chunks = []
+    total = max(1, int(depth)) * -(-B // step)
     for start in range(0, B, step):
         sl = slice(start, start + step)
         part = {n: (v[sl] if batch else v) for n, v in par.items()}
-        chunks.append(chunk(q0[sl], k0[sl], tri, int(depth), part, *flags))
+        done = (start // step) * int(depth)
+        report = None if progress is None else (
+            lambda layer, done=done: progress((done + layer) / total))
+        chunks.append(chunk(q0[sl], k0[sl], tri, int(depth), part, *flags, progress=report))
     return chunks, batch, tri
 
 
-def _run_packed(chunk, K0, depth, named):
+def _run_packed(chunk, K0, depth, named, progress=None):
     """Batch, pack, run ``chunk``; every output is a (diagonal, upper triangle) pair."""
-    chunks, batch, (iu, ju, _) = _map_chunks(chunk, K0, named, depth)
+    chunks, batch, (iu, ju, _) = _map_chunks(chunk, K0, named, depth, progress=progress)
     result = {key: _full(numpy.concatenate([c[key][0] for c in chunks], axis=0),
                          numpy.concatenate([c[key][1] for c in chunks], axis=0), iu, ju)
               for key in chunks[0]}
@@ -482,11 +512,12 @@ def _prepare(K0, named):
     return K0, bool(batch), B, tri, q0, k0, par, step
 
 
-def _run(chunk, K0, depth, named, responses, tensor, layers):
+def _run(chunk, K0, depth, named, responses, tensor, layers, progress=None):
     """Validate shapes, pack K0, run ``chunk`` over batch chunks, unpack the results."""
     depth = int(depth)
     tensor = tensor and responses
-    chunks, batch, (iu, ju, _) = _map_chunks(chunk, K0, named, depth, responses, tensor, layers)
+    chunks, batch, (iu, ju, _) = _map_chunks(chunk, K0, named, depth, responses, tensor, layers,
+                                             progress=progress)
 
     def cat(key):
         return numpy.concatenate([c[key] for c in chunks], axis=0)
@@ -524,7 +555,7 @@ def _run(chunk, K0, depth, named, responses, tensor, layers):
 
 
 def ffnet(K0, *, sw2, sb2, depth, sw2_out=1.0, sb2_out=0.0,
-          responses=True, tensor=False, layers=False):
+          responses=True, tensor=False, layers=False, progress=None):
     """ffnet (gamma = 0, beta = 1): propagate K0 through
     `depth` layers and the readout.
 
@@ -534,14 +565,15 @@ def ffnet(K0, *, sw2, sb2, depth, sw2_out=1.0, sb2_out=0.0,
     log_abs_chi_out, chi_out_sign; with tensor=True response_tensor and
     response_tensor_out (dK_ab/dK0_cd, (c,d) and (d,c) moved together); with
     layers=True K_layers and chi_layers (layer axis first). chi are the
-    elementwise partial responses dK_ab / dK0_ab.
+    elementwise partial responses dK_ab / dK0_ab. ``progress`` (optional) is called
+    with the fraction of the layer work done.
     """
     named = {"sw2": sw2, "sb2": sb2, "sw2_out": sw2_out, "sb2_out": sb2_out}
-    return _run(_chunk_ffnet, K0, depth, named, responses, tensor, layers)
+    return _run(_chunk_ffnet, K0, depth, named, responses, tensor, layers, progress)
 
 
 def resnet(K0, *, rho, sw2, sb2, depth, sw2_out=1.0, sb2_out=0.0,
-           responses=True, tensor=False, layers=False):
+           responses=True, tensor=False, layers=False, progress=None):
     """resnet (gamma = 1, beta = rho): propagate K0 through
     `depth` layers and the readout.
 
@@ -551,10 +583,11 @@ def resnet(K0, *, rho, sw2, sb2, depth, sw2_out=1.0, sb2_out=0.0,
     log_abs_chi_out, chi_out_sign; with tensor=True response_tensor and
     response_tensor_out (dK_ab/dK0_cd, (c,d) and (d,c) moved together); with
     layers=True K_layers and chi_layers (layer axis first). chi are the
-    elementwise partial responses dK_ab / dK0_ab.
+    elementwise partial responses dK_ab / dK0_ab. ``progress`` (optional) is called
+    with the fraction of the layer work done.
     """
     named = {"rho": rho, "sw2": sw2, "sb2": sb2, "sw2_out": sw2_out, "sb2_out": sb2_out}
-    return _run(_chunk_resnet, K0, depth, named, responses, tensor, layers)
+    return _run(_chunk_resnet, K0, depth, named, responses, tensor, layers, progress)
 
 
 NETS = {"ffnet": ffnet, "resnet": resnet, }

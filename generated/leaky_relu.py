@@ -46,6 +46,18 @@ def _gram_det(qa, qb, k):
     return numpy.maximum((p - r) + (e - f), 0.0)
 
 
+def _gap(r, k, Delta):
+    """sqrt(K_aa K_bb) - K_ab (r = sqrt(K_aa) sqrt(K_bb)): Delta / (r + K_ab) for K_ab > 0."""
+    s = r + numpy.abs(k)  # > 0: r - k for K_ab <= 0, the denominator for K_ab > 0
+    return numpy.where(k > 0, Delta / s, s)
+
+
+def _excess(Delta, k):
+    """W = sqrt(Delta) - K_ab atan2(sqrt(Delta), K_ab) = r (sin t - t cos t) >= 0."""
+    s = numpy.sqrt(Delta)
+    return numpy.maximum(s - k * numpy.arctan2(s, k), 0.0)
+
+
 def _diag_value(q, alpha):
     G_d = (1/2)*q*(alpha**2 + 1)
     return G_d
@@ -66,18 +78,20 @@ def _diag_second(q, alpha):
     return G_d, G_d_q, G_d_qq
 
 
-def _pair_value(q, k, tri, alpha):
+def _pair_value(q, k, tri, alpha, delta=None):
     iu, ju, counts = tri
-    Delta = _gram_det(numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1), k)
+    Delta = (_gram_det(numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1), k)
+             if delta is None else delta)
     t0 = numpy.sqrt(Delta)
     t1 = (1/2)*(alpha - 1)**2/numpy.pi
     G = k*alpha + k*t1*numpy.arctan2(t0, -k) + t0*t1
     return G
 
 
-def _pair_grad(q, k, tri, alpha):
+def _pair_grad(q, k, tri, alpha, delta=None):
     iu, ju, counts = tri
-    Delta = _gram_det(numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1), k)
+    Delta = (_gram_det(numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1), k)
+             if delta is None else delta)
     t0 = numpy.sqrt(Delta)
     t1 = (1/2)*(alpha - 1)**2/numpy.pi
     t2 = t1*numpy.arctan2(t0, -k)
@@ -86,12 +100,13 @@ def _pair_grad(q, k, tri, alpha):
     return G, G_k
 
 
-def _pair_full(q, k, tri, alpha):
+def _pair_full(q, k, tri, alpha, delta=None):
     iu, ju, counts = tri
     u0 = 1/q
     u0_a = numpy.repeat(u0, counts, axis=-1)
     u0_b = numpy.take(u0, ju, axis=-1)
-    Delta = _gram_det(numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1), k)
+    Delta = (_gram_det(numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1), k)
+             if delta is None else delta)
     t0 = numpy.sqrt(Delta)
     t1 = 1/numpy.pi
     t2 = (alpha - 1)**2
@@ -105,12 +120,13 @@ def _pair_full(q, k, tri, alpha):
     return G, G_k, G_qa, G_qb
 
 
-def _pair_second(q, k, tri, alpha):
+def _pair_second(q, k, tri, alpha, delta=None):
     iu, ju, counts = tri
     u0 = 1/q
     u0_a = numpy.repeat(u0, counts, axis=-1)
     u0_b = numpy.take(u0, ju, axis=-1)
-    Delta = _gram_det(numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1), k)
+    Delta = (_gram_det(numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1), k)
+             if delta is None else delta)
     t0 = numpy.sqrt(Delta)
     t1 = (alpha - 1)**2/numpy.pi
     t2 = (1/2)*t1
@@ -153,14 +169,28 @@ def diag_expectations(q, alpha):
 
 
 
-def _chunk_ffnet(q, k, tri, depth, par, responses, tensor, layers):
+def _chunk_ffnet(q, k, tri, depth, par, responses, tensor, layers, progress=None):
     """ffnet layer loop for one chunk of the batch (packed: q (B,P), k (B,M))."""
     iu, ju, counts = tri
     sw2 = par["sw2"]
     sb2 = par["sb2"]
     alpha = par["alpha"]
-    c0 = (1/2)*sw2*(alpha**2 + 1)
-    c1 = (1/2)*(alpha - 1)**2/numpy.pi
+    c0 = (1/4)*(alpha**2*sw2 + sw2)**2
+    c1 = sb2*(alpha**2*sw2 + sw2)
+    c2 = (1/2)*sb2*(alpha**2*sw2 + sw2)
+    c3 = -1/4*sw2**2*(alpha - 1)**4/numpy.pi**2
+    c4 = -1/2*sw2*(alpha - 1)**2/numpy.pi
+    c5 = 2*sb2
+    c6 = alpha**2*sw2
+    c7 = alpha**2*sw2**2
+    c8 = -2*alpha*sb2*sw2
+    c9 = (1/4)*alpha**2*sw2 + (1/2)*alpha*sw2 + (1/4)*sw2
+    c10 = 4*sb2
+    c11 = -2*alpha*sw2
+    c12 = -sw2*(alpha - 1)**2/numpy.pi
+    c13 = alpha*sw2
+    c14 = (1/2)*sw2*(alpha**2 + 1)
+    c15 = (1/2)*(alpha - 1)**2/numpy.pi
     log_d = numpy.zeros_like(q)
     sign_d = numpy.ones_like(q)
     log_p = numpy.zeros_like(k)
@@ -169,18 +199,20 @@ def _chunk_ffnet(q, k, tri, depth, par, responses, tensor, layers):
         X_a = numpy.zeros_like(k)
         X_b = numpy.zeros_like(k)
     history = [(q, k, log_d, sign_d, log_p, sign_p)] if layers else None
-    for _ in range(depth):
+    Delta = _gram_det(numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1), k)
+    for layer in range(depth):
+        if progress is not None:
+            progress(layer)
         if not responses:
-            q_new = c0*q + sb2
-            Delta = _gram_det(numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1), k)
+            q_new = c14*q + sb2
             p0 = numpy.sqrt(Delta)
-            k_new = sb2 + sw2*(k*alpha + k*c1*numpy.arctan2(p0, -k) + c1*p0)
+            k_new = sb2 + sw2*(k*alpha + k*c15*numpy.arctan2(p0, -k) + c15*p0)
         else:
             G_d, G_d_q = _diag_grad(q, alpha)
             if tensor:
-                G, G_k, G_qa, G_qb = _pair_full(q, k, tri, alpha)
+                G, G_k, G_qa, G_qb = _pair_full(q, k, tri, alpha, delta=Delta)
             else:
-                G, G_k = _pair_grad(q, k, tri, alpha)
+                G, G_k = _pair_grad(q, k, tri, alpha, delta=Delta)
             J_q = G_d_q*sw2
             J_k = G_k*sw2
             if tensor:
@@ -194,13 +226,22 @@ def _chunk_ffnet(q, k, tri, depth, par, responses, tensor, layers):
             log_p = log_p + _log_abs(J_k)
             sign_p = sign_p * numpy.sign(J_k)
             q_new, k_new = G_d*sw2 + sb2, G*sw2 + sb2
-        q, k = q_new, k_new
+        sq = numpy.sqrt(q)
+        sa, sb = numpy.repeat(sq, counts, axis=-1), numpy.take(sq, ju, axis=-1)
+        W = _excess(Delta, k)
+        D = _gap(sa * sb, k, Delta)
+        Delta_new = numpy.maximum(D*c1 + Delta*c0 + W**2*c3 + W*c4*(k*c6 + k*sw2 + c5) + c2*(sa - sb)**2, 0.0)
+        if numpy.any(k < 0):  # the branch at c -> -1
+            W_m = _excess(Delta, -k)
+            D_m = _gap(sa * sb, -k, Delta)
+            Delta_new = numpy.where(k >= 0, Delta_new, numpy.maximum(D_m*c8 + Delta*c7 + W_m**2*c3 + W_m*c12*(k*c13 + sb2) + c2*(sa - sb)**2 + c9*sa*sb*(c10 + c11*sa*sb + c6*sa*sb + sa*sb*sw2), 0.0))
+        q, k, Delta = q_new, k_new, Delta_new
         if layers:
             history.append((q, k, log_d, sign_d, log_p, sign_p))
-    return _readout(q, k, tri, par, log_d, sign_d, log_p, sign_p,
+    return _readout(q, k, Delta, tri, par, log_d, sign_d, log_p, sign_p,
                     (X_a, X_b) if tensor else None, responses, history, alpha)
 
-def _chunk_resnet(q, k, tri, depth, par, responses, tensor, layers):
+def _chunk_resnet(q, k, tri, depth, par, responses, tensor, layers, progress=None):
     """resnet layer loop for one chunk of the batch (packed: q (B,P), k (B,M))."""
     iu, ju, counts = tri
     rho = par["rho"]
@@ -211,8 +252,23 @@ def _chunk_resnet(q, k, tri, depth, par, responses, tensor, layers):
     c1 = rho**2*sw2
     c2 = 2*rho*sb2
     c3 = 2*rho*sw2
-    c4 = (1/2)*rho**2*sw2*(alpha**2 + 1)
-    c5 = (1/2)*(alpha - 1)**2/numpy.pi
+    c4 = (1/4)*(alpha**2*rho**2*sw2 + rho**2*sw2 + 2)**2
+    c5 = rho**2*sb2*(alpha**2*rho**2*sw2 + rho**2*sw2 + 2)
+    c6 = (1/2)*rho**2*sb2*(alpha**2*rho**2*sw2 + rho**2*sw2 + 2)
+    c7 = -1/4*rho**4*sw2**2*(alpha - 1)**4/numpy.pi**2
+    c8 = -1/2*rho**2*sw2*(alpha - 1)**2/numpy.pi
+    c9 = 2*rho**2*sb2
+    c10 = alpha**2*rho**2*sw2
+    c11 = (alpha*rho**2*sw2 + 1)**2
+    c12 = -2*rho**2*sb2*(alpha*rho**2*sw2 + 1)
+    c13 = (1/4)*rho**2*(alpha**2*rho**2*sw2 + 2*alpha*rho**2*sw2 + rho**2*sw2 + 4)
+    c14 = 4*sb2
+    c15 = alpha**2*sw2
+    c16 = -2*alpha*sw2
+    c17 = -rho**2*sw2*(alpha - 1)**2/numpy.pi
+    c18 = alpha*rho**2*sw2
+    c19 = (1/2)*rho**2*sw2*(alpha**2 + 1)
+    c20 = (1/2)*(alpha - 1)**2/numpy.pi
     log_d = numpy.zeros_like(q)
     sign_d = numpy.ones_like(q)
     log_p = numpy.zeros_like(k)
@@ -221,18 +277,20 @@ def _chunk_resnet(q, k, tri, depth, par, responses, tensor, layers):
         X_a = numpy.zeros_like(k)
         X_b = numpy.zeros_like(k)
     history = [(q, k, log_d, sign_d, log_p, sign_p)] if layers else None
-    for _ in range(depth):
+    Delta = _gram_det(numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1), k)
+    for layer in range(depth):
+        if progress is not None:
+            progress(layer)
         if not responses:
-            q_new = c0 + c4*q + q
-            Delta = _gram_det(numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1), k)
+            q_new = c0 + c19*q + q
             p0 = numpy.sqrt(Delta)
-            k_new = k + c0 + c1*(k*alpha + k*c5*numpy.arctan2(p0, -k) + c5*p0)
+            k_new = k + c0 + c1*(k*alpha + k*c20*numpy.arctan2(p0, -k) + c20*p0)
         else:
             G_d, G_d_q = _diag_grad(q, alpha)
             if tensor:
-                G, G_k, G_qa, G_qb = _pair_full(q, k, tri, alpha)
+                G, G_k, G_qa, G_qb = _pair_full(q, k, tri, alpha, delta=Delta)
             else:
-                G, G_k = _pair_grad(q, k, tri, alpha)
+                G, G_k = _pair_grad(q, k, tri, alpha, delta=Delta)
             J_q = G_d_q*c1 + 1
             J_k = G_k*c1 + 1
             if tensor:
@@ -246,20 +304,29 @@ def _chunk_resnet(q, k, tri, depth, par, responses, tensor, layers):
             log_p = log_p + _log_abs_1p(G_k*c1)
             sign_p = sign_p * numpy.sign(J_k)
             q_new, k_new = G_d*c1 + c0 + q, G*c1 + k + c0
-        q, k = q_new, k_new
+        sq = numpy.sqrt(q)
+        sa, sb = numpy.repeat(sq, counts, axis=-1), numpy.take(sq, ju, axis=-1)
+        W = _excess(Delta, k)
+        D = _gap(sa * sb, k, Delta)
+        Delta_new = numpy.maximum(D*c5 + Delta*c4 + W**2*c7 + W*c8*(k*c1 + k*c10 + 2*k + c9) + c6*(sa - sb)**2, 0.0)
+        if numpy.any(k < 0):  # the branch at c -> -1
+            W_m = _excess(Delta, -k)
+            D_m = _gap(sa * sb, -k, Delta)
+            Delta_new = numpy.where(k >= 0, Delta_new, numpy.maximum(D_m*c12 + Delta*c11 + W_m**2*c7 + W_m*c17*(k*c18 + k + c0) + c13*sa*sb*(c14 + c15*sa*sb + c16*sa*sb + sa*sb*sw2) + c6*(sa - sb)**2, 0.0))
+        q, k, Delta = q_new, k_new, Delta_new
         if layers:
             history.append((q, k, log_d, sign_d, log_p, sign_p))
-    return _readout(q, k, tri, par, log_d, sign_d, log_p, sign_p,
+    return _readout(q, k, Delta, tri, par, log_d, sign_d, log_p, sign_p,
                     (X_a, X_b) if tensor else None, responses, history, alpha)
 
 
-def _readout(q, k, tri, par, log_d, sign_d, log_p, sign_p, X, responses, history, alpha):
+def _readout(q, k, Delta, tri, par, log_d, sign_d, log_p, sign_p, X, responses, history, alpha):
     """K_out = readout map of K^(L); chi_out = readout Jacobian times chi^(L)."""
     iu, ju, counts = tri
     sw2_out, sb2_out = par["sw2_out"], par["sb2_out"]
     out = {"q": q, "k": k, "log_d": log_d, "sign_d": sign_d, "log_p": log_p, "sign_p": sign_p}
     G_d, G_d_q = _diag_grad(q, alpha)
-    G, G_k, G_qa, G_qb = _pair_full(q, k, tri, alpha)
+    G, G_k, G_qa, G_qb = _pair_full(q, k, tri, alpha, delta=Delta)
     out["out_q"] = G_d*sw2_out + sb2_out + numpy.zeros_like(q)
     out["out_k"] = G*sw2_out + sb2_out + numpy.zeros_like(k)
     if responses:
@@ -281,7 +348,7 @@ def _readout(q, k, tri, par, log_d, sign_d, log_p, sign_p, X, responses, history
     return out
 
 
-def _tangent_resnet(q, k, tri, depth, par):
+def _tangent_resnet(q, k, tri, depth, par, progress=None):
     """resnet: forward-mode d/d rho through the layer loop and the readout."""
     iu, ju, counts = tri
     sw2_out = par["sw2_out"]
@@ -293,15 +360,34 @@ def _tangent_resnet(q, k, tri, depth, par):
     c1 = rho**2*sw2
     c2 = 2*rho*sb2
     c3 = 2*rho*sw2
-    c4 = (1/2)*rho**2*sw2*(alpha**2 + 1)
-    c5 = (1/2)*(alpha - 1)**2/numpy.pi
+    c4 = (1/4)*(alpha**2*rho**2*sw2 + rho**2*sw2 + 2)**2
+    c5 = rho**2*sb2*(alpha**2*rho**2*sw2 + rho**2*sw2 + 2)
+    c6 = (1/2)*rho**2*sb2*(alpha**2*rho**2*sw2 + rho**2*sw2 + 2)
+    c7 = -1/4*rho**4*sw2**2*(alpha - 1)**4/numpy.pi**2
+    c8 = -1/2*rho**2*sw2*(alpha - 1)**2/numpy.pi
+    c9 = 2*rho**2*sb2
+    c10 = alpha**2*rho**2*sw2
+    c11 = (alpha*rho**2*sw2 + 1)**2
+    c12 = -2*rho**2*sb2*(alpha*rho**2*sw2 + 1)
+    c13 = (1/4)*rho**2*(alpha**2*rho**2*sw2 + 2*alpha*rho**2*sw2 + rho**2*sw2 + 4)
+    c14 = 4*sb2
+    c15 = alpha**2*sw2
+    c16 = -2*alpha*sw2
+    c17 = -rho**2*sw2*(alpha - 1)**2/numpy.pi
+    c18 = alpha*rho**2*sw2
+    c19 = (1/2)*rho**2*sw2*(alpha**2 + 1)
+    c20 = (1/2)*(alpha - 1)**2/numpy.pi
     dq, dk = numpy.zeros_like(q), numpy.zeros_like(k)
     log_d, sign_d = numpy.zeros_like(q), numpy.ones_like(q)
     log_p, sign_p = numpy.zeros_like(k), numpy.ones_like(k)
     dlog_d, dlog_p = numpy.zeros_like(q), numpy.zeros_like(k)
-    for _ in range(depth):
+    Delta = _gram_det(numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1), k)
+    for layer in range(depth):
+        if progress is not None:
+            progress(layer)
         G_d, G_d_q, G_d_qq = _diag_second(q, alpha)
-        G, G_k, G_qa, G_qb, G_kk, G_kqa, G_kqb = _pair_second(q, k, tri, alpha)
+        G, G_k, G_qa, G_qb, G_kk, G_kqa, G_kqb = _pair_second(q, k, tri, alpha,
+                                                             delta=Delta)
         dq_a, dq_b = numpy.repeat(dq, counts, axis=-1), numpy.take(dq, ju, axis=-1)
         J_q = G_d_q*c1 + 1
         J_k = G_k*c1 + 1
@@ -311,11 +397,22 @@ def _tangent_resnet(q, k, tri, depth, par):
         sign_p = sign_p * numpy.sign(J_k)
         dlog_d = dlog_d + (G_d_q*c3 + G_d_qq*c1*dq) / J_q
         dlog_p = dlog_p + (G_k*c3 + G_kk*c1*dk + G_kqa*c1*dq_a + G_kqb*c1*dq_b) / J_k
-        q, k, dq, dk = (G_d*c1 + c0 + q, G*c1 + k + c0,
-                        G_d*c3 + c2 + dq*(G_d_q*c1 + 1),
-                        G*c3 + G_qa*c1*dq_a + G_qb*c1*dq_b + c2 + dk*(G_k*c1 + 1))
+        q_new, k_new = G_d*c1 + c0 + q, G*c1 + k + c0
+        dq, dk = (G_d*c3 + c2 + dq*(G_d_q*c1 + 1),
+                  G*c3 + G_qa*c1*dq_a + G_qb*c1*dq_b + c2 + dk*(G_k*c1 + 1))
+        sq = numpy.sqrt(q)
+        sa, sb = numpy.repeat(sq, counts, axis=-1), numpy.take(sq, ju, axis=-1)
+        W = _excess(Delta, k)
+        D = _gap(sa * sb, k, Delta)
+        Delta_new = numpy.maximum(D*c5 + Delta*c4 + W**2*c7 + W*c8*(k*c1 + k*c10 + 2*k + c9) + c6*(sa - sb)**2, 0.0)
+        if numpy.any(k < 0):  # the branch at c -> -1
+            W_m = _excess(Delta, -k)
+            D_m = _gap(sa * sb, -k, Delta)
+            Delta_new = numpy.where(k >= 0, Delta_new, numpy.maximum(D_m*c12 + Delta*c11 + W_m**2*c7 + W_m*c17*(k*c18 + k + c0) + c13*sa*sb*(c14 + c15*sa*sb + c16*sa*sb + sa*sb*sw2) + c6*(sa - sb)**2, 0.0))
+        q, k, Delta = q_new, k_new, Delta_new
     G_d, G_d_q, G_d_qq = _diag_second(q, alpha)
-    G, G_k, G_qa, G_qb, G_kk, G_kqa, G_kqb = _pair_second(q, k, tri, alpha)
+    G, G_k, G_qa, G_qb, G_kk, G_kqa, G_kqb = _pair_second(q, k, tri, alpha,
+                                                         delta=Delta)
     dq_a, dq_b = numpy.repeat(dq, counts, axis=-1), numpy.take(dq, ju, axis=-1)
     R_q = G_d_q*sw2_out + numpy.zeros_like(q)
     R_k = G_k*sw2_out + numpy.zeros_like(k)
@@ -330,35 +427,41 @@ def _tangent_resnet(q, k, tri, depth, par):
     }
 
 
-def resnet_drho(K0, *, rho, sw2, sb2, depth, sw2_out=1.0, sb2_out=0.0, alpha):
+def resnet_drho(K0, *, rho, sw2, sb2, depth, sw2_out=1.0, sb2_out=0.0, alpha,
+                progress=None):
     """d/d rho of the resnet responses, by forward-mode differentiation of the loop.
 
     Keys (P x P, leading batch axis when batched): K, dK_drho, log_abs_chi,
     chi_sign, dlog_chi_drho, log_abs_chi_out, chi_out_sign, dlog_chi_out_drho,
-    and chi_out, dchi_out_drho = chi_out * dlog_chi_out_drho.
+    and chi_out, dchi_out_drho = chi_out * dlog_chi_out_drho. ``progress`` (optional) is
+    called with the fraction of the layer work done.
     """
     named = {"rho": rho, "sw2": sw2, "sb2": sb2, "alpha": alpha, "sw2_out": sw2_out, "sb2_out": sb2_out}
-    result = _run_packed(_tangent_resnet, K0, depth, named)
+    result = _run_packed(_tangent_resnet, K0, depth, named, progress)
     result["chi_out"] = _signed_exp(result["log_abs_chi_out"], result["chi_out_sign"])
     result["dchi_out_drho"] = result["chi_out"] * result["dlog_chi_out_drho"]
     return result
 
 
 
-def _map_chunks(chunk, K0, named, depth, *flags):
+def _map_chunks(chunk, K0, named, depth, *flags, progress=None):
     """Pack K0, split the batch into cache-sized chunks and run ``chunk`` on each."""
     K0, batch, B, tri, q0, k0, par, step = _prepare(K0, named)
     chunks = []
+    total = max(1, int(depth)) * -(-B // step)
     for start in range(0, B, step):
         sl = slice(start, start + step)
         part = {n: (v[sl] if batch else v) for n, v in par.items()}
-        chunks.append(chunk(q0[sl], k0[sl], tri, int(depth), part, *flags))
+        done = (start // step) * int(depth)
+        report = None if progress is None else (
+            lambda layer, done=done: progress((done + layer) / total))
+        chunks.append(chunk(q0[sl], k0[sl], tri, int(depth), part, *flags, progress=report))
     return chunks, batch, tri
 
 
-def _run_packed(chunk, K0, depth, named):
+def _run_packed(chunk, K0, depth, named, progress=None):
     """Batch, pack, run ``chunk``; every output is a (diagonal, upper triangle) pair."""
-    chunks, batch, (iu, ju, _) = _map_chunks(chunk, K0, named, depth)
+    chunks, batch, (iu, ju, _) = _map_chunks(chunk, K0, named, depth, progress=progress)
     result = {key: _full(numpy.concatenate([c[key][0] for c in chunks], axis=0),
                          numpy.concatenate([c[key][1] for c in chunks], axis=0), iu, ju)
               for key in chunks[0]}
@@ -432,11 +535,12 @@ def _prepare(K0, named):
     return K0, bool(batch), B, tri, q0, k0, par, step
 
 
-def _run(chunk, K0, depth, named, responses, tensor, layers):
+def _run(chunk, K0, depth, named, responses, tensor, layers, progress=None):
     """Validate shapes, pack K0, run ``chunk`` over batch chunks, unpack the results."""
     depth = int(depth)
     tensor = tensor and responses
-    chunks, batch, (iu, ju, _) = _map_chunks(chunk, K0, named, depth, responses, tensor, layers)
+    chunks, batch, (iu, ju, _) = _map_chunks(chunk, K0, named, depth, responses, tensor, layers,
+                                             progress=progress)
 
     def cat(key):
         return numpy.concatenate([c[key] for c in chunks], axis=0)
@@ -474,7 +578,7 @@ def _run(chunk, K0, depth, named, responses, tensor, layers):
 
 
 def ffnet(K0, *, sw2, sb2, depth, sw2_out=1.0, sb2_out=0.0, alpha,
-          responses=True, tensor=False, layers=False):
+          responses=True, tensor=False, layers=False, progress=None):
     """ffnet (gamma = 0, beta = 1): propagate K0 through
     `depth` layers and the readout.
 
@@ -484,14 +588,15 @@ def ffnet(K0, *, sw2, sb2, depth, sw2_out=1.0, sb2_out=0.0, alpha,
     log_abs_chi_out, chi_out_sign; with tensor=True response_tensor and
     response_tensor_out (dK_ab/dK0_cd, (c,d) and (d,c) moved together); with
     layers=True K_layers and chi_layers (layer axis first). chi are the
-    elementwise partial responses dK_ab / dK0_ab.
+    elementwise partial responses dK_ab / dK0_ab. ``progress`` (optional) is called
+    with the fraction of the layer work done.
     """
     named = {"sw2": sw2, "sb2": sb2, "alpha": alpha, "sw2_out": sw2_out, "sb2_out": sb2_out}
-    return _run(_chunk_ffnet, K0, depth, named, responses, tensor, layers)
+    return _run(_chunk_ffnet, K0, depth, named, responses, tensor, layers, progress)
 
 
 def resnet(K0, *, rho, sw2, sb2, depth, sw2_out=1.0, sb2_out=0.0, alpha,
-           responses=True, tensor=False, layers=False):
+           responses=True, tensor=False, layers=False, progress=None):
     """resnet (gamma = 1, beta = rho): propagate K0 through
     `depth` layers and the readout.
 
@@ -501,10 +606,11 @@ def resnet(K0, *, rho, sw2, sb2, depth, sw2_out=1.0, sb2_out=0.0, alpha,
     log_abs_chi_out, chi_out_sign; with tensor=True response_tensor and
     response_tensor_out (dK_ab/dK0_cd, (c,d) and (d,c) moved together); with
     layers=True K_layers and chi_layers (layer axis first). chi are the
-    elementwise partial responses dK_ab / dK0_ab.
+    elementwise partial responses dK_ab / dK0_ab. ``progress`` (optional) is called
+    with the fraction of the layer work done.
     """
     named = {"rho": rho, "sw2": sw2, "sb2": sb2, "alpha": alpha, "sw2_out": sw2_out, "sb2_out": sb2_out}
-    return _run(_chunk_resnet, K0, depth, named, responses, tensor, layers)
+    return _run(_chunk_resnet, K0, depth, named, responses, tensor, layers, progress)
 
 
 NETS = {"ffnet": ffnet, "resnet": resnet, }

@@ -14,7 +14,21 @@ import sys
 import numpy as np
 
 from .ir import GenerationError
-from .spec import NET_KINDS, NetworkSpec, SpecError, check_real, parse_kernel
+from .spec import (
+    MAX_DEPTH,
+    MAX_DPS,
+    MIN_DPS,
+    NET_KINDS,
+    NetworkSpec,
+    SpecError,
+    check_depth,
+    check_integer,
+    check_real,
+    parse_kernel,
+)
+
+#: Largest depth optimal-rho scans (about 100 tangent passes over the rho grid per depth).
+MAX_DEPTH_OPTIMAL = 10**5
 
 
 class UsageError(Exception):
@@ -36,7 +50,8 @@ def _add_network_flags(p: argparse.ArgumentParser, *, depth: bool = True) -> Non
     p.add_argument("--sb2", default="0.05", help="hidden bias variance sigma_b^2 (>= 0)")
     p.add_argument("--rho", default=None, help="residual scaling (ResNet only, >= 0)")
     if depth:
-        p.add_argument("--depth", default="10", help="number of hidden layers L (>= 1)")
+        p.add_argument("--depth", default="10",
+                       help=f"number of hidden layers L (1 to {MAX_DEPTH})")
     p.add_argument("--K0", default="0.05,0.03;0.03,0.05",
                    help="input kernel: a number, or rows 'a,b;c,d'")
     p.add_argument("--sw2-out", default="1.0", help="readout weight variance (>= 0)")
@@ -55,10 +70,13 @@ def network_spec(args: argparse.Namespace, depth: object | None = None) -> Netwo
     resolve(args.activation)  # names the activation in the error before any work
     return NetworkSpec(
         net=args.net, activation=args.activation,
-        sw2=check_real("sw2", args.sw2), sb2=check_real("sb2", args.sb2),
-        depth=args.depth if depth is None else depth,
-        rho=None if rho is None else check_real("rho", rho),
-        sw2_out=check_real("sw2_out", args.sw2_out), sb2_out=check_real("sb2_out", args.sb2_out))
+        sw2=check_real("sw2", args.sw2, minimum=0.0, what="a weight variance"),
+        sb2=check_real("sb2", args.sb2, minimum=0.0, what="a bias variance"),
+        depth=check_depth("depth", args.depth, MAX_DEPTH) if depth is None else depth,
+        rho=None if rho is None else check_real("rho", rho, minimum=0.0,
+                                                what="the residual scaling"),
+        sw2_out=check_real("sw2_out", args.sw2_out, minimum=0.0, what="a weight variance"),
+        sb2_out=check_real("sb2_out", args.sb2_out, minimum=0.0, what="a bias variance"))
 
 
 # -- output helpers ---------------------------------------------------------------------
@@ -77,10 +95,12 @@ def _jsonable(value: object) -> object:
     return value
 
 
-def _print_matrix(name: str, matrix: np.ndarray) -> None:
+def _print_matrix(name: str, matrix: np.ndarray | list) -> None:
+    """Rows of floats (12 significant digits) or of decimal strings (--dps, as computed)."""
     print(f"{name}:")
-    for row in np.atleast_2d(matrix):
-        print("  " + "  ".join(f"{x: .12g}" for x in row))
+    rows = matrix if isinstance(matrix, list) else np.atleast_2d(matrix)
+    for row in rows:
+        print("  " + "  ".join(x if isinstance(x, str) else f"{x: .12g}" for x in row))
 
 
 # -- commands ---------------------------------------------------------------------------
@@ -88,19 +108,33 @@ KERNEL_KEYS = ("K", "K_out", "chi", "chi_out", "log_abs_chi", "chi_sign", "log_a
                "chi_out_sign")
 
 
+def _dps(args: argparse.Namespace) -> int | None:
+    """--dps: an integer number of digits in [MIN_DPS, MAX_DPS] (15.7 is an error)."""
+    return None if args.dps is None else check_integer("dps", args.dps, MIN_DPS, MAX_DPS)
+
+
 def _cmd_kernel(args: argparse.Namespace) -> int:
+    from .progress import Progress
+
     spec = network_spec(args)
     K0 = parse_kernel(args.K0)
-    if args.dps is not None:
-        dps = int(check_real("dps", args.dps, minimum=15))
+    dps = _dps(args)
+    progress = Progress("kernel", "depth", spec.depth)
+    if dps is not None:
         from .precision import propagate_mp
 
-        result = propagate_mp(spec, K0, dps=dps, tensor=args.tensor, layers=args.layers)
-        payload = {"method": f"mpmath ({dps} digits)", **_mp_payload(result, dps)}
+        # guard digits: rounding errors grow with the number of layers (about L ulps)
+        guard = 3 + len(str(spec.depth))
+        result = propagate_mp(spec, K0, dps=dps + guard, tensor=args.tensor,
+                              layers=args.layers, progress=progress)
+        progress.close()
+        payload = {"method": f"mpmath ({dps} digits)", **_mp_payload(_mp_logs(result), dps),
+                   "moments": _mp_moments(spec.activation, dps), "warnings": []}
     else:
         from .kernel import compute
 
-        result = compute(spec, K0, tensor=args.tensor, layers=args.layers)
+        result = compute(spec, K0, tensor=args.tensor, layers=args.layers, progress=progress)
+        progress.close()
         keys = list(KERNEL_KEYS)
         keys += ["response_tensor", "response_tensor_out"] if args.tensor else []
         keys += ["K_layers", "chi_layers"] if args.layers else []
@@ -115,10 +149,35 @@ def _cmd_kernel(args: argparse.Namespace) -> int:
           + f"  [{payload['method']}; moments {payload.get('moments', '')}]")
     for key in ("K", "K_out", "chi", "chi_out"):
         value = payload[key]
-        _print_matrix(key, np.array(value, dtype=float) if args.dps else value)
+        _print_matrix(key, value)
     for warning in payload.get("warnings", []):
         print(f"warning: {warning}")
     return 0
+
+
+def _mp_logs(result: dict) -> dict:
+    """log|chi|, sign(chi) (and for chi_out) from the mpmath values, as the float64 path
+    reports them (there they keep deep products finite; mpmath has no overflow)."""
+    import mpmath
+
+    def log_abs(m: list) -> list:
+        return [[mpmath.log(abs(v)) if v else -mpmath.inf for v in row] for row in m]
+
+    def sign(m: list) -> list:
+        return [[mpmath.mpf(mpmath.sign(v)) for v in row] for row in m]
+
+    out = dict(result)
+    for key in ("chi", "chi_out"):
+        out[f"log_abs_{key}"], out[f"{key}_sign"] = log_abs(result[key]), sign(result[key])
+    return out
+
+
+def _mp_moments(activation: str, dps: int) -> str:
+    from .activations import derive, resolve
+
+    if derive(resolve(activation).family).kind == "exact":
+        return f"exact (closed forms evaluated at {dps} digits)"
+    return f"quadrature (mpmath Gauss-Legendre panels at {dps} digits)"
 
 
 def _mp_payload(result: dict, dps: int) -> dict:
@@ -130,18 +189,18 @@ def _mp_payload(result: dict, dps: int) -> dict:
             return [fmt(v) for v in value]
         if hasattr(value, "tolist"):
             return fmt(value.tolist())
+        if isinstance(value, mpmath.mpf) and not mpmath.isfinite(value):
+            return None  # log|0|: JSON has no infinity (the float64 path prints null too)
         return mpmath.nstr(value, dps, strip_zeros=False)
 
     return {k: fmt(v) for k, v in result.items()}
 
 
 def _depth_list(text: str) -> list[int]:
-    from .spec import check_depth
-
     items = [t for t in str(text).replace(" ", "").split(",") if t]
     if not items:
         raise SpecError("depths", text, "must be a comma-separated list of depths >= 1")
-    return [check_depth("depths", t) for t in items]
+    return [check_integer("depths", t, 1, MAX_DEPTH_OPTIMAL) for t in items]
 
 
 def _input_kernel(args: argparse.Namespace) -> np.ndarray:
@@ -163,7 +222,8 @@ def _input_kernel(args: argparse.Namespace) -> np.ndarray:
 
 def _cmd_optimal_rho(args: argparse.Namespace) -> int:
     from .activations import resolve
-    from .optimal import optimal_rho, refine_mp
+    from .optimal import optimal_rho
+    from .progress import Progress
 
     if args.net != "resnet":
         raise SpecError("net", args.net, "optimal rho is defined for --net resnet only")
@@ -172,41 +232,48 @@ def _cmd_optimal_rho(args: argparse.Namespace) -> int:
     sw2_out = check_real("sw2_out", args.sw2_out, minimum=0.0)
     sb2_out = check_real("sb2_out", args.sb2_out, minimum=0.0)
     depths = _depth_list(args.depths)
+    dps = _dps(args)
+    if dps is not None and args.data is not None:
+        raise SpecError("dps", args.dps, "not available with --data (one mpmath refinement "
+                                         "per input pair): drop --dps or --data")
     K0 = _input_kernel(args)
-    dps = None if args.dps is None else int(check_real("dps", args.dps, minimum=15))
+    progress = Progress("optimal-rho", "depths", args.depths, proportional=False)
+    # stages: float64 roots, (mpmath refinement), continuum limit
+    cut = (0.1, 0.95) if dps is not None else (0.9, 0.9)
     result = optimal_rho(args.activation, sw2, sb2, K0, depths, sw2_out=sw2_out,
-                         sb2_out=sb2_out)
+                         sb2_out=sb2_out, progress=progress.span(0.0, cut[0]))
     size = K0.shape[0]
     named = {"diagonal": (0, 0)} | ({"offdiagonal": (0, 1)} if size > 1 else {})
     payload: dict[str, object] = {"activation": args.activation, "sw2": sw2, "sb2": sb2,
                                   "K0": K0, "depths": depths, "method": "float64 (generated "
                                   "d chi_out/d rho, batched Illinois root)"}
+    refined: dict[str, list] = {}
     for label, entry in named.items():
         optima = result.optima[entry]
         payload[f"rho_star_{label}"] = [o.rho_star for o in optima]
         payload[f"chi_out_max_{label}"] = [o.chi_out_max for o in optima]
         payload[f"second_derivative_{label}"] = [o.second_derivative for o in optima]
         payload[f"exponent_{label}"] = result.exponent(entry)
+        if result.exponent_reason(entry):
+            payload[f"exponent_reason_{label}"] = result.exponent_reason(entry)
         reasons = {str(o.depth): o.reason for o in optima if o.reason}
         if reasons:
             payload[f"reason_{label}"] = reasons
-        if dps is not None:
-            refined = [refine_mp(args.activation, sw2, sb2, K0, o.depth, entry, o.rho_star, dps,
-                                 sw2_out=sw2_out, sb2_out=sb2_out)
-                       if o.rho_star is not None else (None, None) for o in optima]
-            import mpmath
-
-            payload[f"rho_star_{label}"] = [None if r is None else mpmath.nstr(r, dps)
-                                            for r, _ in refined]
-            payload[f"chi_out_max_{label}"] = [None if v is None else mpmath.nstr(v, dps)
-                                               for _, v in refined]
-            payload["method"] = f"mpmath ({dps} digits), started from the float64 roots"
+    if dps is not None:
+        refined = _refine_payload(args.activation, sw2, sb2, K0, result, named, dps, sw2_out,
+                                  sb2_out, progress.span(cut[0], cut[1], "mpmath refinement"))
+        payload.update(refined)
+        payload["method"] = f"mpmath ({dps} digits), started from the float64 roots"
     if size == 1:
         payload["rho_star_offdiagonal"] = None
         payload["reason_offdiagonal"] = "one input: no off-diagonal response"
     if not args.no_continuum:
-        payload.update(_continuum_payload(args.activation, sw2, sb2, K0, depths, result,
-                                          sw2_out, named))
+        progress.span(cut[1], 1.0, "continuum limit")(0.0)
+        payload.update(_continuum_payload(args.activation, sw2, sb2, K0, depths, payload,
+                                          sw2_out, named, dps))
+    progress.close()
+    for label in named:
+        payload.pop(f"_rho_mp_{label}", None)
     if args.data is not None:
         payload["pairs"] = _pairs_payload(result, depths)
     if args.json:
@@ -214,43 +281,94 @@ def _cmd_optimal_rho(args: argparse.Namespace) -> int:
         return 0
     print(f"rho* for resnet {args.activation}, sw2={sw2}, sb2={sb2} [{payload['method']}]")
     for label in named:
-        print(f"{label}: exponent of rho* vs L = {payload[f'exponent_{label}']}")
+        print(f"{label}: exponent of rho* vs L = {payload[f'exponent_{label}']}"
+              + (f" ({payload[f'exponent_reason_{label}']})"
+                 if f"exponent_reason_{label}" in payload else ""))
         for i, depth in enumerate(depths):
             rho = payload[f"rho_star_{label}"][i]
             print(f"  L={depth:<6} rho*={rho}  chi_out_max={payload[f'chi_out_max_{label}'][i]}")
     return 0
 
 
+def _refine_payload(activation: str, sw2: float, sb2: float, K0: np.ndarray, result,
+                    named: dict, dps: int, sw2_out: float, sb2_out: float, progress) -> dict:
+    """rho*, chi_out_max, the curvature and the exponent on the mpmath path (strings)."""
+    import mpmath
+
+    from .optimal import mp_exponent, refine_mp_full
+
+    def text(value: object) -> str | None:
+        return None if value is None else mpmath.nstr(value, dps)
+
+    # the work of a refinement is proportional to its depth
+    total = sum(o.depth for entry in named.values() for o in result.optima[entry]
+                if o.rho_star is not None)
+    out: dict[str, object] = {}
+    done = 0
+    for label, entry in named.items():
+        optima = result.optima[entry]
+        found = []
+        for o in optima:
+            if o.rho_star is None:
+                found.append(None)
+                continue
+            found.append(refine_mp_full(
+                activation, sw2, sb2, K0, o.depth, entry, o.rho_star, dps, sw2_out=sw2_out,
+                sb2_out=sb2_out,
+                progress=lambda f, done=done, depth=o.depth: progress((done + depth * f) / total)))
+            done += o.depth
+        rhos = [None if f is None else f.rho_star for f in found]
+        out[f"rho_star_{label}"] = [text(r) for r in rhos]
+        out[f"chi_out_max_{label}"] = [None if f is None else text(f.chi_out_max)
+                                       for f in found]
+        out[f"second_derivative_{label}"] = [None if f is None else text(f.second_derivative)
+                                             for f in found]
+        with mpmath.workdps(dps + 10):
+            out[f"exponent_{label}"] = text(mp_exponent(result.depths, rhos))
+        out[f"_rho_mp_{label}"] = rhos  # for the continuum gaps; dropped before printing
+    return out
+
+
 def _continuum_payload(activation: str, sw2: float, sb2: float, K0: np.ndarray,
-                       depths: list[int], result, sw2_out: float, named: dict) -> dict:
-    """Continuum-limit optimum, rho*_continuum = sqrt(t*/L), and the relative gap per depth."""
+                       depths: list[int], payload: dict, sw2_out: float, named: dict,
+                       dps: int | None = None) -> dict:
+    """Continuum-limit optimum, rho*_continuum = sqrt(t*/L), and the relative gap per depth.
+
+    With ``dps`` every number is an mpmath decimal string (continuum computed at dps
+    digits, gaps against the mpmath-refined rho*); otherwise floats.
+    """
+    import mpmath
+
     from .continuum import continuum_optimum
+
+    def number(value: object) -> object:
+        if value is None:
+            return None
+        return mpmath.nstr(value, dps) if dps is not None else float(value)  # type: ignore
 
     continuum: dict[str, object] = {}
     per_depth: dict[str, object] = {}
     gaps: dict[str, object] = {}
     for label in named:
-        c = continuum_optimum(activation, sw2, sb2, K0, response=label, sw2_out=sw2_out)
+        c = continuum_optimum(activation, sw2, sb2, K0, response=label, sw2_out=sw2_out,
+                              **({"dps": dps} if dps is not None else {}))
         if c.sqrt_tstar is None:
             continuum[label] = {"sqrt_tstar": None, "K_star": None, "reason": c.reason}
             per_depth[label] = [None] * len(depths)
             gaps[label] = [None] * len(depths)
             continue
-        continuum[label] = {"sqrt_tstar": float(c.sqrt_tstar), "t_star": float(c.t_star),
-                            "K_star": _jsonable_mp(c.K_star)}
-        rhos = [float(c.rho_star(depth)) for depth in depths]
-        per_depth[label] = rhos
-        exact = result.optima[named[label]]
-        gaps[label] = [None if o.rho_star is None else abs(r - o.rho_star) / o.rho_star
-                       for r, o in zip(rhos, exact, strict=True)]
+        K_star = list(c.K_star) if isinstance(c.K_star, tuple) else c.K_star
+        continuum[label] = {"sqrt_tstar": number(c.sqrt_tstar), "t_star": number(c.t_star),
+                            "K_star": ([number(k) for k in K_star] if isinstance(K_star, list)
+                                       else number(K_star))}
+        exact = payload.pop(f"_rho_mp_{label}", None) or payload[f"rho_star_{label}"]
+        with mpmath.workdps((dps or 15) + 10):
+            rhos = [c.rho_star(depth) for depth in depths]
+            per_depth[label] = [number(r) for r in rhos]
+            gaps[label] = [None if o is None else number(abs(r - o) / o)
+                           for r, o in zip(rhos, exact, strict=True)]
     return {"continuum": continuum, "rho_star_continuum": per_depth,
             "continuum_relative_gap": gaps}
-
-
-def _jsonable_mp(value: object) -> object:
-    if isinstance(value, (list, tuple)):
-        return [_jsonable_mp(v) for v in value]
-    return float(value)  # type: ignore[arg-type]
 
 
 def _pairs_payload(result, depths: list[int]) -> dict:
@@ -357,7 +475,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import format_table, run
 
-    result = run(repeats=args.repeats, progress=not args.json)
+    repeats = check_integer("repeats", args.repeats, 1, 1000)
+    result = run(repeats=repeats, progress=not args.json)
     print(json.dumps(_jsonable(result)) if args.json else format_table(result))
     return 0
 
@@ -421,7 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="time generated code against a plain numpy loop")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", default="5", help="timing repeats (1 to 1000)")
     p.set_defaults(func=_cmd_bench)
     return parser
 

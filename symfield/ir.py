@@ -26,7 +26,7 @@ import sympy as sp
 from .action import BETA, G_D, GAMMA, PROCESSES, RHO, SB2, SB2_OUT, SW2, SW2_OUT, G
 from .activations import Expectations, Family, derive
 from .gaussian import KAA, KAB, KBB, Q, X, derivative
-from .numerics import DELTA, stable_form
+from .numerics import DELTA, EXCESS, EXCESS_M, GAP, GAP_M, SA, SB, gram_step, stable_form
 from .response import DK, DQ, DQA, DQB, ResponseMap, derive_response_map, derive_tangent_map
 from .saddle import LayerMap, derive_layer_map
 
@@ -130,6 +130,10 @@ class KernelRoutine:
     layer_map: LayerMap
     response_map: ResponseMap
     expectations: Expectations
+    #: Delta' = K'_aa K'_bb - K'_ab^2 without cancellation (generic gamma, beta), in
+    #: K_aa, K_bb, K_ab, Delta and the helpers of numerics.stable_gram; None where no
+    #: stable form exists (the loop then recomputes Delta' from K').
+    gram: sp.Expr | None = None
 
     @property
     def stated_accuracy(self) -> float:
@@ -239,7 +243,9 @@ def kernel_routine(family: Family) -> KernelRoutine:
         diag = {name: expectations.diag_moment(len(variables))
                 for name, variables in DIAG_DERIVATIVES.items()}
         quad = None
+        _, gram = gram_step(pair["G"], diag["G_d"])
     else:
+        gram = None
         raw, pair, diag = {}, {}, {}
         quad = plan_quadrature(family, expectations)
     tangents = {
@@ -253,7 +259,7 @@ def kernel_routine(family: Family) -> KernelRoutine:
         pair=pair, diag=diag, pair_raw=raw,
         layer=layer_expressions(layer_map, response_map), tangents=tangents,
         processes=processes, quadrature=quad, layer_map=layer_map,
-        response_map=response_map, expectations=expectations)
+        response_map=response_map, expectations=expectations, gram=gram)
     check_free_symbols(routine)
     return routine
 
@@ -269,6 +275,9 @@ def check_free_symbols(routine: KernelRoutine) -> None:
     groups = [(routine.pair, allowed_pair), (routine.diag, allowed_diag),
               (routine.layer, allowed_layer)]
     groups += [(t, allowed_tangent) for t in routine.tangents.values()]
+    if routine.gram is not None:
+        allowed_gram = allowed_layer | params | {DELTA, EXCESS, GAP, EXCESS_M, GAP_M, SA, SB}
+        groups.append(({"gram": routine.gram}, allowed_gram))
     for group, allowed in groups:
         for name, expr in group.items():
             extra = expr.free_symbols - allowed

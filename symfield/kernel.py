@@ -73,7 +73,7 @@ def moments_label(module: ModuleType) -> str:
 
 
 def compute(spec: NetworkSpec, K0: np.ndarray, *, tensor: bool = False,
-            layers: bool = False) -> dict:
+            layers: bool = False, progress=None) -> dict:
     """K^(L), K_out, chi, chi_out (and optionally the tensor and per-layer values).
 
     The result also carries ``moments`` (exact/quadrature label) and
@@ -85,6 +85,8 @@ def compute(spec: NetworkSpec, K0: np.ndarray, *, tensor: bool = False,
     kwargs = dict(sw2=spec.sw2, sb2=spec.sb2, depth=spec.depth, sw2_out=spec.sw2_out,
                   sb2_out=spec.sb2_out, tensor=tensor, layers=layers,
                   **activation.param_values)
+    if progress is not None:  # fraction of the layer work done (generated modules)
+        kwargs["progress"] = progress
     if spec.net == "resnet":
         kwargs["rho"] = spec.rho
     with np.errstate(over="ignore", invalid="ignore"):

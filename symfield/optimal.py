@@ -11,7 +11,7 @@ all brackets at once. A unique interior maximum is checked, not assumed.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +24,10 @@ from .spec import SpecError, check_depth, check_kernel, check_real
 GRID_U = np.geomspace(1e-3, 30.0, 96)
 RTOL = 1e-13
 MAX_ITERATIONS = 200
+#: Typical number of d chi_out / d rho passes after the scan (for progress estimates).
+EXPECTED_ITERATIONS = 24
+#: Typical number of mpmath passes of one refinement (findroot on mp.diff, curvature).
+EXPECTED_MP_PASSES = 24
 
 
 @dataclass
@@ -54,19 +58,52 @@ class OptimalRho:
         return [o.rho_star for o in self.optima[entry]]
 
     def exponent(self, entry: tuple[int, int]) -> float | None:
-        """Slope of log rho* against log L over the depths with an optimum."""
+        """Slope of log rho* against log L over the depths with an optimum (None unless
+        there are optima at two or more distinct depths: see :meth:`exponent_reason`)."""
         points = [(math.log(o.depth), math.log(o.rho_star)) for o in self.optima[entry]
                   if o.rho_star is not None]
-        if len(points) < 2:
+        if self.exponent_reason(entry):
             return None
         x, y = np.array(points).T
         return float(np.polyfit(x, y, 1)[0])
 
+    def exponent_reason(self, entry: tuple[int, int]) -> str:
+        """Why there is no exponent ("" if there is one)."""
+        return exponent_reason([o.depth for o in self.optima[entry] if o.rho_star is not None])
+
+
+def exponent_reason(depths: Sequence[int]) -> str:
+    """A power law rho* ~ L^p needs optima at two or more distinct depths."""
+    distinct = sorted(set(depths))
+    if len(distinct) >= 2:
+        return ""
+    return ("a fitted exponent needs optima at two or more distinct depths; "
+            + (f"only L = {distinct[0]} has one" if distinct else "no depth has one"))
+
+
+def mp_exponent(depths: Sequence[int], rhos: Sequence[object]) -> object | None:
+    """Least-squares slope of log rho* against log L in mpmath (None without two depths)."""
+    import mpmath
+
+    points = [(mpmath.log(d), mpmath.log(r)) for d, r in zip(depths, rhos, strict=True)
+              if r is not None]
+    if exponent_reason([d for d, r in zip(depths, rhos, strict=True) if r is not None]):
+        return None
+    n = len(points)
+    mx = mpmath.fsum(x for x, _ in points) / n
+    my = mpmath.fsum(y for _, y in points) / n
+    return (mpmath.fsum((x - mx) * (y - my) for x, y in points)
+            / mpmath.fsum((x - mx) ** 2 for x, _ in points))
+
 
 def optimal_rho(activation: str, sw2: float, sb2: float, K0: np.ndarray, depths: Sequence[int],
                 *, sw2_out: float = 1.0, sb2_out: float = 0.0,
-                entries: Sequence[tuple[int, int]] | None = None) -> OptimalRho:
-    """rho* per depth for each entry (a, b) of chi_out (default: all a <= b)."""
+                entries: Sequence[tuple[int, int]] | None = None,
+                progress: Callable[[float], None] | None = None) -> OptimalRho:
+    """rho* per depth for each entry (a, b) of chi_out (default: all a <= b).
+
+    ``progress`` (optional) is called with the fraction of the work done (the work
+    of a depth counted proportional to it)."""
     act = resolve(activation)
     sw2 = check_real("sw2", sw2, minimum=0.0, what="a weight variance")
     sb2 = check_real("sb2", sb2, minimum=0.0, what="a bias variance")
@@ -78,9 +115,13 @@ def optimal_rho(activation: str, sw2: float, sb2: float, K0: np.ndarray, depths:
     entries = list(entries) if entries is not None else [
         (a, b) for a in range(size) for b in range(a, size)]
     result = OptimalRho(act.label, sw2, sb2, K0, depths, {e: [] for e in entries})
+    total, done = sum(depths), 0
     for depth in depths:
+        report = None if progress is None else (
+            lambda f, done=done, depth=depth: progress((done + depth * f) / total))
         (found,) = optimize(act, K0, depth, np.array([sw2]), np.array([sb2]), entries,
-                            sw2_out=sw2_out, sb2_out=sb2_out)
+                            sw2_out=sw2_out, sb2_out=sb2_out, progress=report)
+        done += depth
         for entry in entries:
             result.optima[entry].append(found[entry])
     return result
@@ -100,23 +141,38 @@ def optimal_rho_map(activation: str, sw2: np.ndarray, sb2: np.ndarray, K0: np.nd
 
 def optimize(act, K0: np.ndarray, depth: int, sw2: np.ndarray, sb2: np.ndarray,
              entries: list[tuple[int, int]], *, sw2_out: float, sb2_out: float,
-             grid_u: np.ndarray = GRID_U) -> list[dict[tuple[int, int], Optimum]]:
+             grid_u: np.ndarray = GRID_U, progress: Callable[[float], None] | None = None
+             ) -> list[dict[tuple[int, int], Optimum]]:
     """The batched core: scan d log chi_out / d rho on a rho grid for every hyperparameter
-    pair h, bracket the sign changes, refine all brackets together."""
+    pair h, bracket the sign changes, refine all brackets together.
+
+    ``progress`` gets the fraction done: the scan counts for half of the work, the
+    root iterations (about ``EXPECTED_ITERATIONS`` passes) for the other half."""
     module = load_module(act)
     params = act.param_values
     grid = grid_u / math.sqrt(depth)
     n_h, n_g = len(sw2), len(grid)
     rows, cols = np.array(entries).T
 
-    def slope_at(rho: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, dict]:
+    passes = [0]
+
+    def scan_progress(f: float) -> None:
+        if progress is not None:
+            progress(0.5 * f)
+
+    def slope_at(rho: np.ndarray, h: np.ndarray, report=None) -> tuple[np.ndarray, dict]:
+        if report is None and progress is not None:
+            passes[0] += 1
+            progress(0.5 + 0.5 * min(1.0, passes[0] / EXPECTED_ITERATIONS))
         with np.errstate(all="ignore"):
+            extra = {} if report is None else {"progress": report}
             out = module.resnet_drho(K0, rho=rho, sw2=sw2[h], sb2=sb2[h], depth=depth,
-                                     sw2_out=sw2_out, sb2_out=sb2_out, **params)
+                                     sw2_out=sw2_out, sb2_out=sb2_out, **params, **extra)
         return out["dlog_chi_out_drho"], out
 
     h_scan = np.repeat(np.arange(n_h), n_g)
-    slope, scan = slope_at(np.tile(grid, n_h), h_scan)
+    slope, scan = slope_at(np.tile(grid, n_h), h_scan,
+                           scan_progress if progress is not None else None)
     slope = slope[:, rows, cols].reshape(n_h, n_g, len(entries))
     trusted = np.ones((n_h, n_g), dtype=bool)
     if module.KIND == "quadrature":
@@ -129,6 +185,12 @@ def optimize(act, K0: np.ndarray, depth: int, sw2: np.ndarray, sb2: np.ndarray,
     for h in range(n_h):
         for index, entry in enumerate(entries):
             outcome = _bracket(depth, entry, grid[trusted[h]], slope[h, trusted[h], index])
+            a, b = entry
+            if (isinstance(outcome, Optimum) and outcome.reason.startswith("no finite slope")
+                    and a != b and K0[a, a] * K0[b, b] - K0[a, b] ** 2 <= 0):
+                outcome.reason += (f" (inputs {a} and {b} have |c| = 1: for a kinked phi "
+                                   "d^2 G / dK_ab^2 is infinite there, so d chi_ab / d rho "
+                                   "is not available by forward differentiation)")
             if isinstance(outcome, Optimum) and not trusted[h].all():
                 outcome.reason += (f" (scan limited to variances <= {module.QUADRATURE_Q_MAX:g},"
                                    " where the quadrature accuracy is stated)")
@@ -218,6 +280,27 @@ def refine_mp(activation: str, sw2: float, sb2: float, K0: np.ndarray, depth: in
               sb2_out: float = 0.0) -> tuple[object, object]:
     """rho* and chi_out(rho*) at ``dps`` digits: a root of d log chi_out / d rho on the
     mpmath path, started from the float64 optimum (the referee of the float64 root)."""
+    found = refine_mp_full(activation, sw2, sb2, K0, depth, entry, rho0, dps, sw2_out=sw2_out,
+                           sb2_out=sb2_out, second=False)
+    return found.rho_star, found.chi_out_max
+
+
+@dataclass
+class MpOptimum:
+    """rho*, chi_out(rho*) and d^2 ln chi_out / d rho^2 at rho* on the mpmath path."""
+
+    rho_star: object
+    chi_out_max: object
+    second_derivative: object | None
+
+
+def refine_mp_full(activation: str, sw2: float, sb2: float, K0: np.ndarray, depth: int,
+                   entry: tuple[int, int], rho0: float, dps: int, *, sw2_out: float = 1.0,
+                   sb2_out: float = 0.0, second: bool = True,
+                   progress: Callable[[float], None] | None = None) -> MpOptimum:
+    """:func:`refine_mp` plus the curvature d^2 ln chi_out / d rho^2 at the root (mpmath
+    numerical differentiation at ``dps + 10`` digits). ``progress`` gets an estimate of
+    the fraction done (about ``EXPECTED_MP_PASSES`` passes through the layers)."""
     import mpmath
 
     from .precision import propagate_mp
@@ -225,20 +308,29 @@ def refine_mp(activation: str, sw2: float, sb2: float, K0: np.ndarray, depth: in
 
     a, b = entry
     work = dps + 10
+    passes = [0]
+
+    def report(fraction: float) -> None:
+        if progress is not None:
+            progress(min(0.99, (passes[0] + fraction) / EXPECTED_MP_PASSES))
+
+    def run(spec: NetworkSpec) -> object:
+        passes[0] += 1
+        return propagate_mp(spec, K0, dps=work, progress=report)["chi_out"][a][b]
 
     def log_chi_out(rho: object) -> object:
         spec = NetworkSpec("resnet", activation, sw2, sb2, depth, rho=float(rho),
                            sw2_out=sw2_out, sb2_out=sb2_out)
-        return mpmath.log(abs(propagate_mp(_with_rho(spec, rho), K0, dps=work)["chi_out"][a][b]))
+        return mpmath.log(abs(run(_with_rho(spec, rho))))
 
     with mpmath.workdps(work):
         slope = lambda r: mpmath.diff(log_chi_out, r)  # noqa: E731
         root = mpmath.findroot(slope, mpmath.mpf(rho0), tol=mpmath.mpf(10) ** (-dps - 2))
-        value = propagate_mp(_with_rho(NetworkSpec("resnet", activation, sw2, sb2, depth,
-                                                   rho=float(root), sw2_out=sw2_out,
-                                                   sb2_out=sb2_out), root),
-                             K0, dps=work)["chi_out"][a][b]
-    return root, value
+        value = run(_with_rho(NetworkSpec("resnet", activation, sw2, sb2, depth,
+                                          rho=float(root), sw2_out=sw2_out,
+                                          sb2_out=sb2_out), root))
+        curvature = mpmath.diff(log_chi_out, root, 2) if second else None
+    return MpOptimum(root, value, curvature)
 
 
 def _with_rho(spec, rho):  # type: ignore[no-untyped-def]

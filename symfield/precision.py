@@ -531,8 +531,50 @@ def _kernel_entries(K0: object) -> Matrix:
     return [[to_mpf(rows[min(a, b)][max(a, b)]) for b in range(size)] for a in range(size)]
 
 
+@dataclass(frozen=True)
+class _GramPath:
+    """Closed-form pair moments in (K_aa, K_bb, K_ab, Delta) and the stable Gram map.
+
+    The pair state carries Delta = K_aa K_bb - K_ab^2 with its own derived map
+    (numerics.stable_gram), as the generated code does: at 30 digits the
+    determinant recomputed from K' still leaves c = 1 - 1e-30 at duplicate inputs
+    and ReLU's angle sqrt(2(1 - c)) = 1e-15 (chi_ab off by 1e-8 at L = 50).
+    """
+
+    pair: dict[str, Callable[..., object]]   # G, G_k, G_qa, G_qb (K_aa, K_bb, K_ab, Delta)
+    step: Callable[..., object] | None       # Delta' (K_aa, K_bb, K_ab, Delta, sw2, sb2, rho)
+
+
+@functools.lru_cache(maxsize=16)
+def _gram_path(activation: Activation, net: str) -> _GramPath | None:
+    from .numerics import DELTA, GAP, GAP_M, GRAM_HELPERS, gram_step, stable_form
+
+    derived = derive(activation.family)
+    if derived.kind != "exact":
+        return None
+    subs = _param_subs(activation)
+    exprs = {"G": derived.pair, **derived.pair_partials()}
+    args = (KAA, KBB, KAB, DELTA)
+    pair = {name: sp.lambdify(args, stable_form(e).subs(subs), modules="mpmath")
+            for name, e in exprs.items()}
+    _, stable = gram_step(stable_form(derived.pair), derived.diag)
+    if stable is None:
+        return _GramPath(pair, None)
+    process = PROCESSES[net]
+    root = sp.sqrt(KAA) * sp.sqrt(KBB)
+    # the gaps sqrt(K_aa K_bb) -+ K_ab as Delta / (sqrt(K_aa K_bb) +- K_ab) where that
+    # sum is the larger (no cancellation, exactly 0 at Delta = 0), as generated
+    helpers = {**GRAM_HELPERS,
+               GAP: sp.Piecewise((DELTA / (root + KAB), KAB > 0), (root - KAB, True)),
+               GAP_M: sp.Piecewise((DELTA / (root - KAB), KAB < 0), (root + KAB, True))}
+    step = stable.subs({GAMMA: process.gamma, BETA: process.beta}).subs(subs)
+    step = step.xreplace(helpers)
+    return _GramPath(pair, sp.lambdify((*args, SW2, SB2, RHO), step, modules="mpmath"))
+
+
 def propagate_mp(spec: NetworkSpec, K0: object, dps: int = 30, tensor: bool = False,
-                 layers: bool = False) -> dict[str, list]:
+                 layers: bool = False, carry_delta: bool = True,
+                 progress: Callable[[float], None] | None = None) -> dict[str, list]:
     """K^(L), K_out, chi, chi_out of ``spec`` from ``K0`` at ``dps`` digits.
 
     Returns nested lists of mpf: ``K``, ``K_out``, ``chi`` and ``chi_out`` are
@@ -542,9 +584,16 @@ def propagate_mp(spec: NetworkSpec, K0: object, dps: int = 30, tensor: bool = Fa
     dK_ab/dK0_cd with (c,d) and (d,c) moved together; with ``layers``
     ``K_layers`` and ``chi_layers``, lists over l = 0..L. Floats in ``spec``
     and ``K0`` are read as their shortest decimal (0.1 means 1/10).
+
+    ``carry_delta`` (closed-form families) carries the Gram determinant of each pair
+    with its own stable map, so coinciding inputs stay exactly coinciding; False
+    recomputes it from the rounded kernel every layer (a reference at high ``dps``).
+    ``progress`` (optional) is called with the fraction of the layers done.
     """
     maps = compiled_maps(spec.net)
-    moments = mp_expectations(resolve(spec.activation), dps)
+    activation = resolve(spec.activation)
+    moments = mp_expectations(activation, dps)
+    gram = _gram_path(activation, spec.net) if carry_delta else None
     with working_precision(dps):
         K = _kernel_entries(K0)
         size = len(K)
@@ -553,7 +602,10 @@ def propagate_mp(spec: NetworkSpec, K0: object, dps: int = 30, tensor: bool = Fa
         chi = [[mp.one] * size for _ in range(size)]
         mix = {(a, b): [mp.zero, mp.zero] for a, b in pairs}  # dK_ab/dK0_aa, dK_ab/dK0_bb
         history_K, history_chi = [_copy(K)], [_copy(chi)]
-        for _ in range(spec.depth):
+        delta = {(a, b): _gram_det(K, a, b) for a, b in pairs}
+        for layer in range(spec.depth):
+            if progress is not None:
+                progress(layer / spec.depth)
             new = _copy(K)
             chi_diag = [chi[a][a] for a in range(size)]  # chi^(l-1)_aa
             for a in range(size):
@@ -561,9 +613,14 @@ def propagate_mp(spec: NetworkSpec, K0: object, dps: int = 30, tensor: bool = Fa
                 env["G_d"], env["G_d_q"] = moments.diag(K[a][a])
                 new[a][a] = maps["q_new"](env)
                 chi[a][a] *= maps["J_q"](env)
+            new_delta = {}
             for a, b in pairs:
-                _pair_env(env, moments, K, a, b, tensor)
+                _pair_env(env, moments, K, a, b, tensor, gram, delta)
                 new[a][b] = new[b][a] = maps["k_new"](env)
+                if gram is not None and gram.step is not None:
+                    new_delta[(a, b)] = max(mp.zero, gram.step(
+                        K[a][a], K[b][b], K[a][b], delta[(a, b)], env["sw2"], env["sb2"],
+                        env["rho"]))
                 j_k = maps["J_k"](env)
                 chi[a][b] = chi[b][a] = chi[a][b] * j_k
                 if tensor:  # X^(l) = J_k X^(l-1) + J_qa chi^(l-1)_aa
@@ -571,11 +628,12 @@ def propagate_mp(spec: NetworkSpec, K0: object, dps: int = 30, tensor: bool = Fa
                     x[0] = j_k * x[0] + maps["J_qa"](env) * chi_diag[a]
                     x[1] = j_k * x[1] + maps["J_qb"](env) * chi_diag[b]
             K = new
+            delta = {e: new_delta[e] if e in new_delta else _gram_det(K, *e) for e in pairs}
             if layers:
                 history_K.append(_copy(K))
                 history_chi.append(_copy(chi))
         result: dict[str, list] = {"K": K, "chi": chi}
-        result.update(_readout(maps, moments, env, K, chi, mix, pairs, tensor))
+        result.update(_readout(maps, moments, env, K, chi, mix, pairs, tensor, gram, delta))
         if tensor:
             result["response_tensor"] = _tensor(chi, mix, size)
         if layers:
@@ -587,11 +645,23 @@ def _copy(matrix: Matrix) -> Matrix:
     return [list(row) for row in matrix]
 
 
+def _gram_det(K: Matrix, a: int, b: int) -> Mpf:
+    return max(mp.zero, K[a][a] * K[b][b] - K[a][b] ** 2)
+
+
 def _pair_env(env: dict[str, Mpf], moments: MpExpectations, K: Matrix, a: int, b: int,
-              tensor: bool) -> None:
+              tensor: bool, gram: _GramPath | None = None,
+              delta: dict[tuple[int, int], Mpf] | None = None) -> None:
     """Fill the pair moments of (a, b) into ``env`` (G_qa, G_qb only when needed)."""
     kaa, kbb, kab = K[a][a], K[b][b], K[a][b]
     env["K_aa"], env["K_bb"], env["K_ab"] = kaa, kbb, kab
+    if gram is not None and delta is not None:  # closed forms at the carried Delta
+        bound = mp.sqrt(kaa * kbb)
+        point = (kaa, kbb, max(-bound, min(bound, kab)), delta[(a, b)])
+        names = ("G", "G_k", "G_qa", "G_qb") if tensor else ("G", "G_k")
+        for name in names:
+            env[name] = _real(gram.pair[name](*point))
+        return
     env["G"], env["G_k"] = moments.G(kaa, kbb, kab), moments.G_k(kaa, kbb, kab)
     if tensor:
         env["G_qa"], env["G_qb"] = moments.G_qa(kaa, kbb, kab), moments.G_qb(kaa, kbb, kab)
@@ -599,7 +669,8 @@ def _pair_env(env: dict[str, Mpf], moments: MpExpectations, K: Matrix, a: int, b
 
 def _readout(maps: dict[str, _Compiled], moments: MpExpectations, env: dict[str, Mpf],
              K: Matrix, chi: Matrix, mix: dict[tuple[int, int], list[Mpf]],
-             pairs: list[tuple[int, int]], tensor: bool) -> dict[str, list]:
+             pairs: list[tuple[int, int]], tensor: bool, gram: _GramPath | None = None,
+             delta: dict[tuple[int, int], Mpf] | None = None) -> dict[str, list]:
     size = len(K)
     out, chi_out = _copy(K), _copy(chi)
     mix_out = {}
@@ -609,7 +680,7 @@ def _readout(maps: dict[str, _Compiled], moments: MpExpectations, env: dict[str,
         out[a][a] = maps["out_q"](env)
         chi_out[a][a] = maps["R_q"](env) * chi[a][a]
     for a, b in pairs:
-        _pair_env(env, moments, K, a, b, tensor)
+        _pair_env(env, moments, K, a, b, tensor, gram, delta)
         out[a][b] = out[b][a] = maps["out_k"](env)
         r_k = maps["R_k"](env)
         chi_out[a][b] = chi_out[b][a] = r_k * chi[a][b]

@@ -24,6 +24,9 @@ class LayerMap:
     """K^(l) as a function of K^(l-1), and K_out as a function of K^(L).
 
     ``pair`` / ``diag`` are in (K_aa, K_bb, K_ab) / q and the moments G, G_d.
+    ``gram`` is the map of the Gram determinant Delta = K_aa K_bb - K_ab^2 of a
+    pair, K'_aa K'_bb - K'_ab^2, in (K_aa, K_bb, K_ab), G and G_d(K_aa), G_d(K_bb)
+    (:func:`gram_map`; :mod:`symfield.numerics` rewrites it without cancellation).
     """
 
     pair: sp.Expr
@@ -33,6 +36,17 @@ class LayerMap:
     saddle_equations: tuple[sp.Eq, ...]
     readout_equations: tuple[sp.Eq, ...]
     action: sp.Expr
+    gram: sp.Expr = sp.S.Zero
+
+
+def gram_map(pair: sp.Expr, diag: sp.Expr) -> sp.Expr:
+    """Delta' = K'_aa K'_bb - K'_ab^2 of one layer, from the derived layer map.
+
+    The pair map is carried as (K_aa, K_bb, K_ab, Delta): at correlation c -> 1 the
+    determinant recomputed from rounded K' loses everything (c = 1 - 1e-16 gives an
+    angle 1e-8), so Delta gets its own map. Written, as derived, in the moments.
+    """
+    return sp.expand(diag.subs(Q, KAA) * diag.subs(Q, KBB) - pair**2)
 
 
 def _to_pair_symbols(action: Action) -> dict[sp.Symbol, sp.Symbol]:
@@ -61,4 +75,5 @@ def derive_layer_map(process: NeuronProcess = GENERIC) -> LayerMap:
         saddle_equations=tuple(e.subs(rename) for e in layer.saddle_equations()),
         readout_equations=tuple(e.subs(rename_out) for e in readout.saddle_equations()),
         action=layer.S.subs(rename),
+        gram=gram_map(pair, diag),
     )

@@ -390,7 +390,12 @@ def layer_section(routine: KernelRoutine) -> Section:
     eqs = [equation(printer, "layer-q", "q^{(l)}", lm.diag,
                     "Diagonal of the layer map ($q = K_{aa}$), generic process."),
            equation(printer, "layer-k", "K^{(l)}_{ab}", lm.pair,
-                    "Off-diagonal entry of the layer map, generic process.")]
+                    "Off-diagonal entry of the layer map, generic process."),
+           equation(printer, "layer-gram", r"\Delta^{(l)}", lm.gram,
+                    "Gram determinant $\\Delta = K_{aa} K_{bb} - K_{ab}^2$ of a pair, derived "
+                    "from the layer map as $q_a^{(l)} q_b^{(l)} - (K^{(l)}_{ab})^2$: the generated "
+                    "loop carries it as a state with this map (in a stable form per family), "
+                    "so coinciding inputs ($\\Delta = 0$) stay coinciding.")]
     for net, (gamma, beta) in sorted(routine.processes.items()):
         values = {GAMMA: gamma, BETA: beta}
         process = PROCESSES[net]
@@ -446,6 +451,23 @@ def family_section(routine: KernelRoutine) -> Section:
                             "Diagonal expectation $G(q, q, q)$."))
         eqs.append(equation(printer, f"{name}-G_d_q", sp.Derivative(G_D(Q), Q),
                             routine.diag["G_d_q"], "Its derivative in $q$."))
+        if routine.gram is not None:
+            branches = (routine.gram.args if isinstance(routine.gram, sp.Piecewise)
+                        else ((routine.gram, True),))
+            notes = (
+                "$K_{ab} \\geq 0$: every term carries $\\Delta$, $(s_a - s_b)^2$ "
+                "($s = \\sqrt{q}$), $D = \\sqrt{K_{aa} K_{bb}} - K_{ab}$ (computed as "
+                "$\\Delta / (s_a s_b + K_{ab})$) or $W = \\sqrt{\\Delta} - K_{ab}"
+                " \\operatorname{atan2}(\\sqrt{\\Delta}, K_{ab}) \\geq 0$",
+                "$K_{ab} < 0$: the same at $c \\to -1$ with $D_m = \\sqrt{K_{aa} K_{bb}} + "
+                "K_{ab}$ and $W_m = \\sqrt{\\Delta} + K_{ab} \\operatorname{atan2}"
+                "(\\sqrt{\\Delta}, -K_{ab})$; the boundary value is a sum of powers of "
+                "$(s_a - s_b)^2$ with factored coefficients")
+            for (expr, _), note, tag in zip(branches, notes, ("", "-minus"), strict=False):
+                eqs.append(equation(
+                    printer, f"{name}-gram-stable{tag}", r"\Delta^{(l)}", expr,
+                    "The Gram map with these moments, as generated, for " + note
+                    + ": no cancellation as $|c| \\to 1$ (right-hand side at layer $l - 1$)."))
         intro = "Closed forms derived by Price's theorem from the identity table."
     else:
         plan = routine.quadrature

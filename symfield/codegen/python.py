@@ -19,7 +19,7 @@ from ..ir import (
     KernelRoutine,
     pair_price_orders,
 )
-from ..numerics import DELTA
+from ..numerics import DELTA, EXCESS, EXCESS_M, GAP, GAP_M, SA, SB
 from ..response import DK, DQ, DQA, DQB
 from .printer import NumpyExpressionPrinter, hoist_per_input, print_block
 
@@ -172,12 +172,16 @@ def _net_context(routine: KernelRoutine, net: str, gamma: sp.Expr, beta: sp.Expr
                    for name, expr in routine.layer.items() if name not in READOUT}
     tangent = routine.tangents.get(net, {})
     specialised.update({f"tangent_{name}": expr for name, expr in tangent.items()})
+    if routine.gram is not None:
+        specialised["Delta_new"] = routine.gram.subs({GAMMA: gamma, BETA: beta})
     if routine.kind == "exact":
         specialised["fused_q"] = specialised["q_new"].subs(MOMENTS["G_d"], routine.diag["G_d"])
         specialised["fused_k"] = specialised["k_new"].subs(MOMENTS["G"], routine.pair["G"])
     invariant = set(INVARIANTS) | set(routine.params) | {RHO}
     hoisted, layer = _hoist_invariants(specialised, invariant)
     names = {**LOOP_NAMES, RHO: "rho", DQ: "dq", DQA: "dq_a", DQB: "dq_b", DK: "dk",
+             KAA: "qa", KBB: "qb", SA: "sa", SB: "sb", DELTA: "Delta", EXCESS: "W", GAP: "D",
+             EXCESS_M: "W_m", GAP_M: "D_m",
              **_param_names(routine)}
     printer = NumpyExpressionPrinter(names)
     invariants = []
@@ -190,6 +194,7 @@ def _net_context(routine: KernelRoutine, net: str, gamma: sp.Expr, beta: sp.Expr
         fused = _fused_step(layer.pop("fused_q"), layer.pop("fused_k"),
                             tuple(routine.params) + tuple(sorted(constants, key=str)),
                             dict(printer.names))
+    gram = _gram_lines(layer.pop("Delta_new", None), printer)
     log_abs = {}
     for name in ("J_q", "J_k"):
         constant, rest = layer[name].as_coeff_Add()
@@ -200,7 +205,12 @@ def _net_context(routine: KernelRoutine, net: str, gamma: sp.Expr, beta: sp.Expr
         "name": net, "gamma": str(gamma), "beta": str(beta), "log_abs": log_abs,
         "process_inputs": process_inputs,
         "inputs": process_inputs + ["sw2", "sb2"] + params,
-        "invariants": invariants, "fused": fused,
+        "invariants": invariants, "fused": fused, "gram": gram,
+        "delta_init": ("Delta = _gram_det(numpy.repeat(q, counts, axis=-1), "
+                       "numpy.take(q, ju, axis=-1), k)" if gram else
+                       "Delta = None  # no stable Gram map: the moments recompute it"),
+        "state_update": ("q, k, Delta = q_new, k_new, Delta_new" if gram
+                         else "q, k = q_new, k_new"),
         "tangent": {name[len("tangent_"):]: printer.doprint(expr)
                     for name, expr in layer.items() if name.startswith("tangent_")},
         "layer": {name: printer.doprint(expr) for name, expr in layer.items()
@@ -228,8 +238,44 @@ def _fused_step(q_new: sp.Expr, k_new: sp.Expr, constants: tuple[sp.Symbol, ...]
         call = (f"numpy.repeat({source}, counts, axis=-1)" if index == "iu"
                 else f"numpy.take({source}, ju, axis=-1)")
         lines.append((symbol.name, call))
-    if DELTA in needs:
-        lines.append(("Delta", "_gram_det(numpy.repeat(q, counts, axis=-1), "
-                               "numpy.take(q, ju, axis=-1), k)"))
     lines += print_block(hoisted.pair, printer, prefix="p").lines
+    return lines
+
+
+def _gram_lines(step: sp.Expr | None, printer: NumpyExpressionPrinter) -> list[str]:
+    """Statements for Delta' (the Gram determinant carried through the loop).
+
+    With a stable map (numerics.stable_gram) Delta' is computed from the old state
+    (q, k, Delta) and its helpers, the c -> -1 branch only when some K_ab < 0; without
+    one nothing is carried (the pair moments recompute Delta, smooth families do not
+    need more).
+    """
+    if step is None:
+        return []
+    if isinstance(step, sp.Piecewise):
+        (plus, _), (minus, _) = step.args
+    else:
+        plus, minus = step, None
+    needs = step.free_symbols
+    lines = []
+    if KAA in needs:
+        lines.append("qa = numpy.repeat(q, counts, axis=-1)")
+    if KBB in needs:
+        lines.append("qb = numpy.take(q, ju, axis=-1)")
+    if needs & {SA, SB, GAP, GAP_M}:
+        lines.append("sq = numpy.sqrt(q)")
+        lines.append("sa, sb = numpy.repeat(sq, counts, axis=-1), numpy.take(sq, ju, axis=-1)")
+    for symbol, name, text in ((EXCESS, "W", "_excess(Delta, k)"),
+                               (GAP, "D", "_gap(sa * sb, k, Delta)")):
+        if symbol in plus.free_symbols:
+            lines.append(f"{name} = {text}")
+    lines.append(f"Delta_new = numpy.maximum({printer.doprint(plus)}, 0.0)")
+    if minus is not None:
+        lines.append("if numpy.any(k < 0):  # the branch at c -> -1")
+        for symbol, name, text in ((EXCESS_M, "W_m", "_excess(Delta, -k)"),
+                                   (GAP_M, "D_m", "_gap(sa * sb, -k, Delta)")):
+            if symbol in minus.free_symbols:
+                lines.append(f"    {name} = {text}")
+        lines.append(f"    Delta_new = numpy.where(k >= 0, Delta_new, "
+                     f"numpy.maximum({printer.doprint(minus)}, 0.0))")
     return lines
