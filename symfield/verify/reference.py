@@ -361,7 +361,7 @@ class GaussianMoments:
         xs, ws = _legendre(n, mp.prec)
         radial = []
         width = _half_width(RULE_DIGITS)
-        pieces = math.ceil(float(width) / 3)
+        pieces = math.ceil(float(width) / 2)
         for i in range(pieces):
             lo, hi = width * i / pieces, width * (i + 1) / pieces
             half, centre = (hi - lo) / 2, (hi + lo) / 2

@@ -331,17 +331,32 @@ CASES: tuple[Case, ...] = (
     Case("resnet erf K~1e-9", _resnet("erf", sb2=0.0), _K0_TINY, "drho"),
     Case("ffnet relu K~1e-9", _ffnet("relu", sw2=2.0, sb2=0.0), _K0_TINY, "tensor"),
     # large variances, deep ResNets
-    Case("resnet relu K~256 L=8", _resnet("relu", depth=8, rho=0.5, sw2=2.0), _K0_LARGE, "drho"),
-    Case("resnet erf K~256 L=1", _resnet("erf", depth=1, rho=0.5), _K0_LARGE, "kernel"),
+    Case("resnet relu K~256 L=4", _resnet("relu", depth=4, rho=0.5, sw2=2.0), _K0_LARGE, "drho"),
     Case("resnet erf q=256 L=20", _resnet("erf", depth=20, rho=0.5), ((256.0,),), "drho"),
     Case("resnet erf L=100", _resnet("erf", depth=100, rho=0.125), ((0.0625,),), "drho"),
-    Case("resnet relu L=200", _resnet("relu", depth=200, rho=0.125, sw2=2.0), ((0.5,),), "drho"),
-    Case("resnet relu L=20 P=2", _resnet("relu", depth=20, rho=0.25, sw2=2.0), _K0_B, "chi"),
+    Case("resnet relu L=100", _resnet("relu", depth=100, rho=0.125, sw2=2.0), ((0.5,),), "drho"),
+    Case("resnet relu L=10 P=2", _resnet("relu", depth=10, rho=0.25, sw2=2.0), _K0_B, "chi"),
     Case("resnet tanh q=2 L=50", _resnet("tanh", depth=50, rho=0.125), ((2.0,),), "drho"),
     # quadrature families beyond their stated range (variance 4): q = 16 and 10^4
     *(Case(f"ffnet {act} q={q:g} L=1", _ffnet(act, depth=1), ((q,),), "chi", beyond=True)
       for act in ("tanh", "gelu", "silu") for q in (16.0, 1e4)),
 )
+
+
+#: A cheap slice for the default test suite (a few seconds): a closed-form family
+#: through the kernel, the response tensor and d/d rho, a quadrature family through
+#: the tensor; the derivation is regenerated for both.
+SLICE_CASES: tuple[Case, ...] = (
+    Case("resnet relu L=1", _resnet("relu", depth=1), _K0_A, "drho"),
+    Case("ffnet tanh L=1", _ffnet("tanh", depth=1), _K0_B, "tensor"),
+)
+
+
+def referee_slice(log: Callable[[str], None] = lambda s: None) -> list[dict]:
+    """SLICE_CASES against the committed modules, modules generated now from the
+    current derivation and the mpmath path (which derives at run time)."""
+    families = sorted({resolve(c.spec.activation).family.name for c in SLICE_CASES})
+    return referee_rows(SLICE_CASES, derived=derived_modules(families), log=log)
 
 
 @functools.lru_cache(maxsize=16)
