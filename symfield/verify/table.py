@@ -460,6 +460,14 @@ def _referee_row(case: Case, path: str, values: dict, ref: NetworkReference,
     return row
 
 
+def _crashed_row(case: Case, path: str, error: Exception, tolerance: float) -> dict:
+    row = _row(f"{case.label} [{path}]", "referee" + (" beyond" if case.beyond else ""),
+               0, np.array([math.inf]), tolerance, 0.0)
+    row.update(worst_key=f"raised {type(error).__name__}", per_key={}, error=str(error),
+               reference_err=0.0, beyond=case.beyond, ok=False)
+    return row
+
+
 def generated_tolerance(module: ModuleType, checks: str) -> float:
     if module.KIND != "quadrature":
         return TOL_GENERATED_EXACT
@@ -490,8 +498,13 @@ def referee_rows(cases: Sequence[Case] = CASES, *, committed: bool = True,
             paths.append((f"{family} derived now", fresh))
         for path, module in paths:
             tick = time.perf_counter()
-            rows.append(_referee_row(case, path, _generated_values(module, case), ref,
-                                     generated_tolerance(module, case.checks),
+            tolerance = generated_tolerance(module, case.checks)
+            try:
+                values = _generated_values(module, case)
+            except Exception as error:  # noqa: BLE001 - a crash is a failed row, not a stop
+                rows.append(_crashed_row(case, path, error, tolerance))
+                continue
+            rows.append(_referee_row(case, path, values, ref, tolerance,
                                      time.perf_counter() - tick))
         if mp_path:
             tick = time.perf_counter()
