@@ -114,8 +114,8 @@ def test_referee_catches(clean, name):
     clear_derivation_caches()
     rows = run_verify(cases=SLICE_CASES, progress=False)
     failed = [r for r in _referee_rows(rows) if not r["ok"]]
-    print(f"\nMUTATION {name}: " + "; ".join(f"{r['routine']} {r['worst_key']} {r['worst_rel_err']:.2e}"
-                                  for r in failed))
+    print(f"\nMUTATION {name}: " + "; ".join(
+        f"{r['routine']} {r['worst_key']} {r['worst_rel_err']:.2e}" for r in failed))
     assert failed, format_table(rows)
     # the regenerated code must be among the failures (the committed code is unchanged)
     assert any("derived now" in r["routine"] for r in failed), format_table(rows)
