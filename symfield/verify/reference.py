@@ -63,8 +63,10 @@ WIDTH = 2.0
 #: Gauss-Hermite nodes per dimension where phi is smooth on the Gaussian's scale
 #: (see HERMITE_RANGE): one rule, no panels.
 HERMITE_NODES = 96
-#: phi(u) is integrated by Gauss-Hermite while Var(u) <= HERMITE_RANGE x scale^2.
-HERMITE_RANGE = mpmath.mpf("0.5")
+#: phi(u) is integrated by Gauss-Hermite while Var(u) <= HERMITE_RANGE x scale^2 (an
+#: odd number, so that round inputs are not differenced across the switch of rules; a
+#: difference that straddles it shows up in the step-halving estimate).
+HERMITE_RANGE = mpmath.mpf("0.4871")
 #: Gauss-Legendre nodes per angular sector and per radial panel (polar rule, kinked phi).
 POLAR_NODES = 14
 #: Digits the quadrature rule aims at (sets the truncation |z| <= W of the Gaussian).
