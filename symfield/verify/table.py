@@ -332,11 +332,11 @@ CASES: tuple[Case, ...] = (
     Case("ffnet relu K~1e-9", _ffnet("relu", sw2=2.0, sb2=0.0), _K0_TINY, "tensor"),
     # large variances, deep ResNets
     Case("resnet relu K~256 L=4", _resnet("relu", depth=4, rho=0.5, sw2=2.0), _K0_LARGE, "drho"),
-    Case("resnet erf q=256 L=20", _resnet("erf", depth=20, rho=0.5), ((256.0,),), "drho"),
+    Case("resnet erf q=256 L=10", _resnet("erf", depth=10, rho=0.5), ((256.0,),), "drho"),
     Case("resnet erf L=100", _resnet("erf", depth=100, rho=0.125), ((0.0625,),), "drho"),
-    Case("resnet relu L=100", _resnet("relu", depth=100, rho=0.125, sw2=2.0), ((0.5,),), "drho"),
+    Case("resnet relu L=50", _resnet("relu", depth=50, rho=0.125, sw2=2.0), ((0.5,),), "drho"),
     Case("resnet relu L=10 P=2", _resnet("relu", depth=10, rho=0.25, sw2=2.0), _K0_B, "chi"),
-    Case("resnet tanh q=2 L=50", _resnet("tanh", depth=50, rho=0.125), ((2.0,),), "drho"),
+    Case("resnet tanh q=2 L=25", _resnet("tanh", depth=25, rho=0.125), ((2.0,),), "drho"),
     # quadrature families beyond their stated range (variance 4): q = 16 and 10^4
     *(Case(f"ffnet {act} q={q:g} L=1", _ffnet(act, depth=1), ((q,),), "chi", beyond=True)
       for act in ("tanh", "gelu", "silu") for q in (16.0, 1e4)),
