@@ -6,10 +6,21 @@ map, no Jacobian, no tangent, no Price weight). The only inputs are
 * the activation's definition ``phi(x; params)`` (``Family.phi`` with the
   parameter values substituted), lambdified for mpmath;
 * Gaussian expectations ``E[phi(u_a) phi(u_b)]`` by direct integration
-  against the bivariate normal density, written here in its conditional form
-  ``u_a = sqrt(K_aa) z``, ``u_b | u_a ~ N((K_ab / K_aa) u_a, det K / K_aa)``
-  (exact at any correlation; one-dimensional at ``|c| = 1``), and
-  ``E[phi(u)^2]`` in one dimension on the diagonal;
+  against the bivariate normal density, written out here, never through an
+  identity; ``E[phi(u)^2]`` in one dimension on the diagonal. Three rules, chosen
+  by the shape of phi (:class:`GaussianMoments`):
+
+  - phi piecewise polynomial (ReLU family, the identity): polar coordinates of
+    the whitened plane, ``z = r (cos t, sin t)``, the angle split on the rays
+    where ``u_a`` or ``u_b`` changes sign; Gauss-Legendre in ``t`` and ``r``,
+    the density ``exp(-r^2/2) r / (2 pi)`` at every node (any correlation);
+  - phi smooth and the variances small (``Var <= HERMITE_RANGE``): Gauss-Hermite
+    in the conditional form ``u_a = sqrt(K_aa) z``,
+    ``u_b | u_a ~ N((K_ab / K_aa) u_a, det K / K_aa)`` (one-dimensional at
+    ``|c| = 1``);
+  - otherwise (steep phi at large variance): the same conditional form with
+    Gauss-Legendre panels graded towards ``u_a = 0`` and ``u_b = 0`` and
+    ``exp(-t^2/2)`` applied at every node.
 * the network recursion of THEORY.md sections 1 and 3, typed from the network's
   definition: FFNet ``K^(l) = sb2 + sw2 G(K^(l-1))``, ResNet
   ``K^(l) = K^(l-1) + rho^2 (sb2 + sw2 G(K^(l-1)))``, readout
@@ -20,16 +31,22 @@ map, no Jacobian, no tangent, no Price weight). The only inputs are
   ``(K^(0)_cd, rho)`` for ``d chi_out / d rho``, each at two step sizes
   (Richardson-combined; their difference is the truncation estimate).
 
-Precision: the arithmetic runs at ``DPS`` = 30 digits and the quadrature rule
-(Gauss-Legendre panels graded towards the kink or steep point of ``phi`` and
-towards the point where ``u_b`` crosses it) is accurate to about 1e-18
-relative. The rule is a smooth function of the kernel entries (its nodes move
-with them), so finite differences with relative steps 1e-9 (first derivatives)
-and 1e-7 (mixed) differentiate the discretised recursion with a truncation
-error below 1e-16; what remains is the rule's own error, which
-:meth:`Referee.network` estimates by repeating the forward pass with a rule of
-1.5 times the nodes. Every result carries ``error``: the larger of the two
-estimates, relative.
+Precision: the arithmetic runs at ``DPS`` = 30 digits, plus the digits the input
+kernel loses to near-singularity (a correlation of 1 - 1e-12 adds 12); the rules
+aim at about 1e-16 relative (``RULE_DIGITS``; measured against the derived closed
+forms in tests/test_referee.py: 1e-16 to 1e-20). Every rule is a smooth function
+of the kernel entries (fixed nodes, or nodes that move with them), so finite
+differences with steps 1e-9 (first derivatives) and 1e-7 (mixed), relative to
+the smallest eigenvalue of K0 and to rho, differentiate the discretised
+recursion with a truncation error far below the tolerances (1e-9 and above).
+Each result carries ``error``, the larger of two estimates: the rule's (the
+forward pass repeated with 1.5 x the nodes) and the truncation (step h against
+h/2). Not covered by the estimate: a rule error of the forward values amplified
+by an ill-conditioned later step (at ``c = 1 - 1e-12`` a ReLU kernel error of
+1e-17 becomes 4e-12 in ``chi_out``, well inside the tolerances).
+
+Cost: about 0.03 s per pair moment (polar rule), 0.1-0.3 s (Gauss-Hermite),
+1-10 s (panels); moments are cached per kernel entry.
 
 Limits: ``phi`` must be smooth except at ``x = 0`` (true of every built-in
 family); a user's activation with a kink elsewhere is refused.
