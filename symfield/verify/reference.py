@@ -132,8 +132,28 @@ def phi_of(name: str) -> Phi:
     piecewise_polynomial = all(sp.simplify(expr.subs(X, s * y)).is_polynomial(y)
                                for s in (1, -1))
     # Heaviside(0) = 1/2 by SymPy's convention; the kink itself has measure zero
-    fn = sp.lambdify(X, expr, modules="mpmath")
-    return Phi(name, fn, mpmath.inf if piecewise_polynomial else mpmath.mpf(1))
+    return Phi(name, _mp_function(expr), mpmath.inf if piecewise_polynomial else mpmath.mpf(1))
+
+
+def _mp_function(expr: sp.Expr) -> Callable[[Mpf], Mpf]:
+    """lambdify for mpmath with the numeric constants (sqrt(2), 1/5, ...) evaluated once,
+    at 80 digits, instead of on every call (the value is the same expression)."""
+    constants: dict[sp.Expr, sp.Symbol] = {}
+
+    def hoist(e: sp.Expr) -> sp.Expr:
+        if isinstance(e, _PIECEWISE):
+            return e
+        if e.is_number and not e.is_Integer:
+            if e not in constants:
+                constants[e] = sp.Symbol(f"_c{len(constants)}")
+            return constants[e]
+        return e.func(*[hoist(a) for a in e.args]) if e.args else e
+
+    body = hoist(expr)
+    raw = sp.lambdify((X, *constants.values()), body, modules="mpmath")
+    with mp.workdps(80):
+        values = tuple(sp.lambdify((), c, modules="mpmath")() for c in constants)
+    return lambda u: raw(u, *values)
 
 
 # -- quadrature ------------------------------------------------------------------------
@@ -479,8 +499,10 @@ class Referee:
         self.refined = GaussianMoments(activation, refine=1.5)
 
     def network(self, spec: NetworkSpec, K0: Sequence[Sequence[float]], *,
-                derivatives: bool = True, drho: bool = False) -> NetworkReference:
-        """K, K_out; with ``derivatives`` the response tensors; with ``drho`` d/d rho.
+                derivatives: bool = True, tensor: bool = True, drho: bool = False
+                ) -> NetworkReference:
+        """K, K_out; with ``derivatives`` chi, chi_out and (``tensor``) the response
+        tensors; with ``drho`` dK/d rho and d chi_out/d rho.
 
         Inputs are read as the exact binary values float64 holds. The working
         precision is ``dps`` plus the digits K0 loses to near-singularity (the
@@ -506,14 +528,16 @@ class Referee:
             rule = max(_normwise(K, K2), _normwise(out, out2))
             result.error["K"] = result.error["K_out"] = rule
             if derivatives:
-                self._tensor(result, net, base, gap, rule)
+                self._tensor(result, net, base, gap, rule, tensor)
             if drho:
                 self._drho(result, net, base, gap, rule)
         result.seconds = time.perf_counter() - start
         return result
 
     def _tensor(self, result: NetworkReference, net: Net, base: list[list[Mpf]], gap: Mpf,
-                rule: float) -> None:
+                rule: float, full: bool) -> None:
+        """dK/dK0_cd for every independent entry; without ``full`` only chi (a diagonal
+        entry then moves the diagonal alone, one-dimensional integrals)."""
         size = len(base)
         T, T_out = _zeros4(size), _zeros4(size)
         err = err_out = 0.0
@@ -521,7 +545,7 @@ class Referee:
             for d in range(c, size):
                 def along(t: Mpf, c=c, d=d) -> tuple:
                     return forward(self.moments, net, _moved(base, c, d, t), net.rho,
-                                   pairs=size > 1)
+                                   pairs=size > 1 and (full or c != d))
                 slopes, errors = _first_difference(along, base[c][d], STEP_FIRST * gap)
                 for a in range(size):
                     for b in range(size):
@@ -530,11 +554,13 @@ class Referee:
                 err, err_out = max(err, errors[0]), max(err_out, errors[1])
         chi = [[T[a][b][a][b] for b in range(size)] for a in range(size)]
         chi_out = [[T_out[a][b][a][b] for b in range(size)] for a in range(size)]
-        result.values.update(response_tensor=T, response_tensor_out=T_out, chi=chi,
-                             chi_out=chi_out)
+        result.values.update(chi=chi, chi_out=chi_out)
+        if full:
+            result.values.update(response_tensor=T, response_tensor_out=T_out)
         for key, e in (("response_tensor", err), ("chi", err),
                        ("response_tensor_out", err_out), ("chi_out", err_out)):
-            result.error[key] = max(e, rule)
+            if key in result.values:
+                result.error[key] = max(e, rule)
 
     def _drho(self, result: NetworkReference, net: Net, base: list[list[Mpf]], gap: Mpf,
               rule: float) -> None:

@@ -264,7 +264,7 @@ QUADRATURE_FACTOR_DRHO = 1000.0
 REFERENCE_MARGIN = 10.0
 #: Digits of the mpmath path in referee rows (quadrature families: fewer, they are slow).
 MP_DPS = 30
-MP_DPS_QUADRATURE = 20
+MP_DPS_QUADRATURE = 16
 
 ALL_FAMILIES = ("erf", "relu", "leaky_relu:0.2", "abs", "linear", "tanh", "gelu", "silu")
 _ONE_MINUS = 1.0 - 2.0**-40  # a correlation 1 - 9e-13, exact in binary and decimal
@@ -474,7 +474,7 @@ def referee_rows(cases: Sequence[Case] = CASES, *, committed: bool = True,
         start = time.perf_counter()
         ref = referee(case.spec.activation).network(
             case.spec, case.K0, derivatives=case.checks != "kernel",
-            drho=case.checks == "drho")
+            tensor=case.checks in ("tensor", "drho"), drho=case.checks == "drho")
         paths: list[tuple[str, ModuleType]] = []
         if committed:
             paths.append((f"generated/{family}.py", load_module(activation)))
