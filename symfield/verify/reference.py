@@ -39,11 +39,13 @@ of the kernel entries (fixed nodes, or nodes that move with them), so finite
 differences with steps 1e-9 (first derivatives) and 1e-7 (mixed), relative to
 the smallest eigenvalue of K0 and to rho, differentiate the discretised
 recursion with a truncation error far below the tolerances (1e-9 and above).
-Each result carries ``error``, the larger of two estimates: the rule's (the
-forward pass repeated with 1.5 x the nodes) and the truncation (step h against
-h/2). Not covered by the estimate: a rule error of the forward values amplified
-by an ill-conditioned later step (at ``c = 1 - 1e-12`` a ReLU kernel error of
-1e-17 becomes 4e-12 in ``chi_out``, well inside the tolerances).
+Each result carries ``error``, the larger of the estimates: the rule's (the
+forward pass, and the derivatives in the off-diagonal entries and in a lone
+diagonal, repeated with a refined rule, 1.5 x the nodes reaching 1.5 x as many
+digits into the tails: a value error can be amplified by a later ill-conditioned
+step; at ``c = 1 - 1e-12`` a ReLU kernel error of 1e-17 from truncating the
+Gaussian too early once became 4e-12 in ``chi_out``, unseen by a refined rule
+with the same truncation) and the truncation (step h against h/2).
 
 Cost: about 0.03 s per pair moment (polar rule), 0.1-0.3 s (Gauss-Hermite),
 1-10 s (panels); moments are cached per kernel entry.
@@ -213,8 +215,9 @@ def _hermite(n: int, prec: int) -> tuple[tuple[Mpf, Mpf], ...]:
 
 
 def _half_width(digits: float) -> Mpf:
-    """|t| <= W keeps all but exp(-W^2/2) ~ 10^-(digits + 3) of the Gaussian."""
-    return mp.sqrt(2 * mp.log(10) * (digits + 3))
+    """|t| <= W keeps all but exp(-W^2/2) ~ 10^-(digits + 6) of the Gaussian (the
+    margin covers the polynomial growth of phi^2, e.g. r^3 exp(-r^2/2) in the plane)."""
+    return mp.sqrt(2 * mp.log(10) * (digits + 6))
 
 
 def _panels(breaks: Sequence[tuple[Mpf, Mpf | None]], width: Mpf, refine: float
@@ -303,6 +306,9 @@ class GaussianMoments:
     def __init__(self, name: str, refine: float = 1.0):
         self.phi = phi_of(name)
         self.refine = refine
+        # the refined rule also reaches further into the tails (truncation is an error
+        # both rules would otherwise share)
+        self.digits = RULE_DIGITS * refine
         self._pair: dict[tuple, Mpf] = {}
         self._diag: dict[tuple, Mpf] = {}
 
@@ -316,7 +322,7 @@ class GaussianMoments:
                 return self._diag[key]
             # one dimension is cheap: twice the nodes of the pair rule
             self._diag[key] = gauss_1d(lambda u: fn(u) ** 2, mp.zero, root,
-                                       self.phi.scale, 2 * self.refine)
+                                       self.phi.scale, 2 * self.refine, self.digits)
         return self._diag[key]
 
     def smooth_at(self, q: Mpf) -> bool:
@@ -329,7 +335,7 @@ class GaussianMoments:
         return self.phi.scale != mpmath.inf and q <= HERMITE_RANGE * self.phi.scale ** 2
 
     def _hermite(self) -> tuple[tuple[Mpf, Mpf], ...]:
-        cut = mp.mpf(10) ** -(RULE_DIGITS + 4)
+        cut = mp.mpf(10) ** -(self.digits + 4)
         return tuple((x, w) for x, w in _hermite(math.ceil(HERMITE_NODES * self.refine),
                                                   mp.prec) if w > cut)
 
@@ -349,9 +355,9 @@ class GaussianMoments:
         if kinked:
             return self._polar(kaa, kbb, kab)
         if self.smooth_at(kaa) and self.smooth_at(kbb):
-            # nodes whose product weight is below 10^-(RULE_DIGITS + 4) are left out
+            # nodes whose product weight is below 10^-(digits + 4) are left out
             rule = self._hermite()
-            cut = mp.mpf(10) ** -(RULE_DIGITS + 4)
+            cut = mp.mpf(10) ** -(self.digits + 4)
             total = mp.zero
             for z, w in rule:
                 mean = slope * z
@@ -367,14 +373,14 @@ class GaussianMoments:
         if kinked or bend < 1:
             breaks = [(mp.zero, bend if 0 < bend < 1 else None)]
         total = mp.zero
-        for lo, hi, n in _panels(breaks, _half_width(RULE_DIGITS), self.refine):
+        for lo, hi, n in _panels(breaks, _half_width(self.digits), self.refine):
             xs, ws = _legendre(n, mp.prec)
             half, centre = (hi - lo) / 2, (hi + lo) / 2
             part = mp.zero
             for x, w in zip(xs, ws, strict=True):
                 z = centre + half * x
                 # the inner integral needs only the digits the outer density leaves
-                digits = max(RULE_DIGITS - float(z * z) / (2 * math.log(10)), 4.0)
+                digits = max(self.digits - float(z * z) / (2 * math.log(10)), 4.0)
                 inner = gauss_1d(fn, slope * z, sd, scale, self.refine, digits)
                 part += w * mp.exp(-z * z / 2) * fn(ra * z) * inner
             total += half * part
@@ -399,7 +405,7 @@ class GaussianMoments:
         n = math.ceil(POLAR_NODES * self.refine)
         xs, ws = _legendre(n, mp.prec)
         radial = []
-        width = _half_width(RULE_DIGITS)
+        width = _half_width(self.digits)
         pieces = math.ceil(float(width) / 2)
         for i in range(pieces):
             lo, hi = width * i / pieces, width * (i + 1) / pieces
@@ -546,7 +552,17 @@ class Referee:
                 def along(t: Mpf, c=c, d=d) -> tuple:
                     return forward(self.moments, net, _moved(base, c, d, t), net.rho,
                                    pairs=size > 1 and (full or c != d))
-                slopes, errors = _first_difference(along, base[c][d], STEP_FIRST * gap)
+                h = STEP_FIRST * gap
+                slopes, errors = _first_difference(along, base[c][d], h)
+                pairs = size > 1 and (full or c != d)
+                if c != d or not pairs:
+                    # the rule's error in the derivative itself (a value error can be
+                    # amplified downstream, e.g. near |c| = 1): refined rule, one step
+                    def refined(t: Mpf, c=c, d=d, pairs=pairs) -> tuple:
+                        return forward(self.refined, net, _moved(base, c, d, t), net.rho,
+                                       pairs=pairs)
+                    errors = tuple(max(e, r) for e, r in zip(
+                        errors, _rule_difference(along, refined, base[c][d], h), strict=True))
                 for a in range(size):
                     for b in range(size):
                         T[a][b][c][d] = T[a][b][d][c] = slopes[0][a][b]
@@ -640,6 +656,23 @@ def _first_difference(f: Callable[[Mpf], tuple], x: Mpf, h: Mpf
                           for a in range(size) for b in range(size)))
         derivatives.append(R)
     return tuple(derivatives), tuple(errors)
+
+
+def _rule_difference(f: Callable[[Mpf], tuple], g: Callable[[Mpf], tuple], x: Mpf, h: Mpf
+                     ) -> tuple[float, ...]:
+    """Per matrix: the largest entrywise relative difference (with the response floor)
+    between the central differences of f and g at step h (f's points are cached)."""
+    fp, fm, gp, gm = f(x + h), f(x - h), g(x + h), g(x - h)
+    out = []
+    for a1, a2, b1, b2 in zip(fp, fm, gp, gm, strict=True):
+        size = len(a1)
+        D = [[(a1[i][j] - a2[i][j]) / (2 * h) for j in range(size)] for i in range(size)]
+        E = [[(b1[i][j] - b2[i][j]) / (2 * h) for j in range(size)] for i in range(size)]
+        floor = RESPONSE_FLOOR * max(max(abs(v) for row in D for v in row),
+                                     mp.mpf(10) ** (-mp.dps // 2))
+        out.append(max(float(abs(D[i][j] - E[i][j]) / max(abs(D[i][j]), floor))
+                       for i in range(size) for j in range(size)))
+    return tuple(out)
 
 
 def _mixed_difference(f: Callable[[Mpf, Mpf], Mpf], x: Mpf, y: Mpf, h: Mpf, e: Mpf
