@@ -18,6 +18,10 @@ from symfield.activations import resolve
 from symfield.kernel import load_module
 from symfield.verify.reference import GaussianMoments
 
+# beyond the stated range the generated code overflows (SiLU at q = 1e4); the values,
+# not the warnings, are what these tests judge
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+
 FAMILIES = ("tanh", "gelu", "silu")
 Q_DIAG = (0.5, 4.0, 16.0, 100.0, 1e4)
 Q_PAIR = (16.0, 100.0, 1e4)
