@@ -1,0 +1,233 @@
+"""Finite-width (1/N) corrections of one network, P = 1 (THEORY.md section 6).
+
+The fields of the action are laid out in causal order
+
+    C^(1), K^(1), C^(2), K^(2), ..., C^(L), K^(L), C_out
+
+where ``C^(l)`` averages ``sb2 + sw2 phi(h^(l-1))^2`` over the neurons, the
+readout field ``C_out`` averages ``sb2_out + sw2_out phi(h^(L))^2``, and the
+hidden kernel ``K^(l) = (1/N) sum_i h_i^(l) h_i^(l)`` (the empirical kernel the
+simulator records) is one more field, averaging ``x^2`` at layer ``l``; no
+field depends on the ``K^(l)``, so they only observe.
+
+Given the fields, the per-neuron process is Gaussian with
+``Var h^(s) = Sigma^(s) = gamma^2 Sigma^(s-1) + beta^2 C^(s)`` and
+``Cov(h^(s), h^(t)) = gamma^|s-t| Sigma^(min(s,t))``. A field reading layer
+``s`` with kernel function ``a + b g(h)`` has mean ``mu = a + b m_g(Sigma^(s))``
+and the noise covariance of two fields is ``b b' (E[g g'] - m_g m_g')``; the
+moments and their derivatives come from the generated module
+``generated/nlo_<family>.py`` (:mod:`symfield.expansion` derives them). The
+one-loop terms are assembled in the structured form that
+:func:`symfield.expansion.derive_one_loop_structure` derives from the general
+causal action:
+
+    A = (I - R)^(-1),   V = A Q A^T,   N <dF> = A [(1/2) H : V + T],
+
+with ``R``, ``H`` from ``mu`` and ``T_F = sum_{G,k} dQ_FG/dC^(k) A_{k,G}``.
+The chain rule through ``Sigma`` is done per layer: ``dSigma^(s)/dC^(k) =
+gamma^(2(s-k)) beta^2`` (``k <= s``), so ``H : V`` needs only
+``N Var(Sigma^(s))`` and ``T`` only the response ``Omega = dSigma/d(noise)``;
+memory is O(L^2) and nothing of size (L P^2)^2 beyond the L x L triangular
+solve is formed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+
+import numpy as np
+from scipy.linalg import solve_triangular
+
+from .activations import Activation, resolve
+from .spec import NetworkSpec, SpecError, check_kernel
+
+
+class MomentProvider:
+    """Gaussian moments of the kernel functions g in {phi^2, x^2} (P = 1).
+
+    ``one_dim(kind, v)`` -> (m, dm/dv, d^2m/dv^2) of m(v) = E g(u), u ~ N(0, v);
+    ``pair(kind_i, kind_j, va, vb, c)`` -> (M, dM/dva, dM/dvb, dM/dc) of
+    M = E[g_i(x) g_j(y)], Var x = va, Var y = vb, Cov = c. Arrays elementwise.
+    """
+
+    def one_dim(self, kind: str, v: np.ndarray) -> tuple[np.ndarray, ...]:
+        raise NotImplementedError
+
+    def pair(self, kind_i: str, kind_j: str, va: np.ndarray, vb: np.ndarray,
+             c: np.ndarray) -> tuple[np.ndarray, ...]:
+        raise NotImplementedError
+
+
+class GeneratedMoments(MomentProvider):
+    """Moments from a generated ``nlo_<family>`` module."""
+
+    def __init__(self, module: ModuleType, params: dict[str, float]):
+        self.module = module
+        self.params = tuple(params[name] for name in module.PARAMS)
+
+    def one_dim(self, kind, v):
+        return getattr(self.module, f"one_dim_{kind}")(np.asarray(v, dtype=float), *self.params)
+
+    def pair(self, kind_i, kind_j, va, vb, c):
+        return getattr(self.module, f"pair_{kind_i}_{kind_j}")(
+            *(np.asarray(a, dtype=float) for a in (va, vb, c)), *self.params)
+
+
+def load_nlo_module(activation: Activation) -> ModuleType:
+    name = activation.family.name
+    try:
+        return importlib.import_module(f"generated.nlo_{name}")
+    except ModuleNotFoundError:
+        raise SpecError("activation", activation.label or name,
+                        "symfield nlo has generated code for "
+                        + ", ".join(NLO_FAMILIES) + " (and their parameter values)") from None
+
+
+#: Families with a generated nlo module (derivations/nlo.py).
+NLO_FAMILIES = ("erf", "leaky_relu", "tanh")
+
+
+def moments_for(activation: str | Activation) -> GeneratedMoments:
+    act = resolve(activation) if isinstance(activation, str) else activation
+    return GeneratedMoments(load_nlo_module(act), act.param_values)
+
+
+@dataclass(frozen=True)
+class FieldLayout:
+    """Fields in causal order: kind, the layer s they read, coefficient b, constant a."""
+
+    names: tuple[str, ...]
+    kinds: tuple[str, ...]
+    layer: np.ndarray
+    coef: np.ndarray
+    const: np.ndarray
+    c_index: np.ndarray      # field index of C^(1..L)
+    k_index: np.ndarray      # field index of K^(1..L) (empty without hidden fields)
+    out_index: int
+
+
+def layout(spec: NetworkSpec, hidden: bool = True) -> FieldLayout:
+    names, kinds, layer, coef, const = [], [], [], [], []
+    c_index, k_index = [], []
+    for l in range(1, spec.depth + 1):
+        c_index.append(len(names))
+        names.append(f"C^({l})")
+        kinds.append("phi2")
+        layer.append(l - 1)
+        coef.append(spec.sw2)
+        const.append(spec.sb2)
+        if hidden:
+            k_index.append(len(names))
+            names.append(f"K^({l})")
+            kinds.append("x2")
+            layer.append(l)
+            coef.append(1.0)
+            const.append(0.0)
+    out = len(names)
+    names.append("C_out")
+    kinds.append("phi2")
+    layer.append(spec.depth)
+    coef.append(spec.sw2_out)
+    const.append(spec.sb2_out)
+    return FieldLayout(tuple(names), tuple(kinds), np.array(layer), np.array(coef),
+                       np.array(const), np.array(c_index, dtype=int),
+                       np.array(k_index, dtype=int), out)
+
+
+@dataclass(frozen=True)
+class OneLoop:
+    """One-loop results for every field of :func:`layout` (all times N)."""
+
+    fields: FieldLayout
+    sigma: np.ndarray        # Sigma^(0..L) at the saddle
+    mean: np.ndarray         # saddle value of each field
+    V: np.ndarray            # N Cov(F, G)
+    shift: np.ndarray        # N (E[F] - F*)
+    tadpole_only: np.ndarray  # A (1/2) H : V, without T
+    T: np.ndarray
+    A: np.ndarray
+    Q: np.ndarray
+
+
+def _process(spec: NetworkSpec) -> tuple[float, float]:
+    return (1.0, float(spec.rho)) if spec.net == "resnet" else (0.0, 1.0)
+
+
+def one_loop(spec: NetworkSpec, K0: float, moments: MomentProvider, *,
+             hidden: bool = True) -> OneLoop:
+    """N Cov and N mean shift of every field (P = 1), float64."""
+    gamma, beta = _process(spec)
+    depth = spec.depth
+    fl = layout(spec, hidden)
+    n = len(fl.names)
+    # saddle point: Sigma^(s) and the field means
+    sigma = np.empty(depth + 1)
+    sigma[0] = K0
+    for s in range(1, depth + 1):
+        m = moments.one_dim("phi2", sigma[s - 1:s])[0][0]
+        sigma[s] = gamma**2 * sigma[s - 1] + beta**2 * (spec.sb2 + spec.sw2 * m)
+    m0, m1, m2 = (np.empty(n) for _ in range(3))
+    for kind in set(fl.kinds):
+        sel = np.array([k == kind for k in fl.kinds])
+        m0[sel], m1[sel], m2[sel] = moments.one_dim(kind, sigma[fl.layer[sel]])
+    mean = fl.const + fl.coef * m0
+
+    # dSigma^(s)/dC^(k) = gamma^(2(s-k)) beta^2 for 1 <= k <= s
+    s_grid = np.arange(depth + 1)[:, None]
+    k_grid = np.arange(1, depth + 1)[None, :]
+    with np.errstate(invalid="ignore"):
+        w = np.where(k_grid <= s_grid, gamma ** (2.0 * np.maximum(s_grid - k_grid, 0)), 0.0)
+    w = w * beta**2
+    R = np.zeros((n, n))
+    R[:, fl.c_index] = (fl.coef * m1)[:, None] * w[fl.layer]
+    A = solve_triangular(np.eye(n) - R, np.eye(n), lower=True, unit_diagonal=True)
+
+    # noise covariance and its partials, upper triangle evaluated, mirrored
+    iu, ju = np.triu_indices(n)
+    sa, sb = fl.layer[iu], fl.layer[ju]
+    lag = np.abs(sa - sb)
+    va, vb = sigma[sa], sigma[sb]
+    cab = gamma**lag * sigma[np.minimum(sa, sb)]
+    M = np.empty((4, iu.size))
+    for ki in set(fl.kinds):
+        for kj in set(fl.kinds):
+            sel = np.array([fl.kinds[i] == ki and fl.kinds[j] == kj for i, j in zip(iu, ju)])
+            if sel.any():
+                M[:, sel] = moments.pair(ki, kj, va[sel], vb[sel], cab[sel])
+    bb = fl.coef[iu] * fl.coef[ju]
+    parts = {
+        "Q": bb * (M[0] - m0[iu] * m0[ju]),
+        "Q_va": bb * (M[1] - m1[iu] * m0[ju]),
+        "Q_vb": bb * (M[2] - m0[iu] * m1[ju]),
+        "Q_k": bb * M[3],
+    }
+    full = {}
+    for name, values in parts.items():
+        mat = np.zeros((n, n))
+        mat[iu, ju] = values
+        full[name] = mat
+    Qm = full["Q"] + np.triu(full["Q"], 1).T
+    # Q_va[F, G] = dQ/d Var(field F's input); mirrored entries swap va <-> vb
+    Qva = full["Q_va"] + np.triu(full["Q_vb"], 1).T
+    Qk = full["Q_k"] + np.triu(full["Q_k"], 1).T
+
+    V = A @ Qm @ A.T
+    omega = w @ A[fl.c_index, :]                 # dSigma^(s) / d(noise of G), (L+1) x n
+    var_sigma = np.einsum("sg,gh,sh->s", omega, Qm, omega)
+    tad = 0.5 * fl.coef * m2 * var_sigma[fl.layer]
+    lay = fl.layer
+    own = omega[lay, np.arange(n)]               # response of each field's own input
+    lags = np.abs(lay[:, None] - lay[None, :])
+    low = np.minimum(lay[:, None], lay[None, :])
+    T = (np.sum(Qva * omega[lay], axis=1) + Qva.T @ own
+         + np.sum(Qk * gamma**lags * omega[low, np.arange(n)[None, :]], axis=1))
+    return OneLoop(fl, sigma, mean, V, A @ (tad + T), A @ tad, T, A, Qm)
+
+
+def check_p1_kernel(K0: object) -> float:
+    kernel = check_kernel("K0", K0)
+    if kernel.shape != (1, 1):
+        raise SpecError("K0", kernel, "symfield nlo handles one input (P = 1): pass a number")
+    return float(kernel[0, 0])
