@@ -191,9 +191,10 @@ def one_loop(spec: NetworkSpec, K0: float, moments: MomentProvider, *,
     va, vb = sigma[sa], sigma[sb]
     cab = gamma**lag * sigma[np.minimum(sa, sb)]
     M = np.empty((4, iu.size))
-    for ki in set(fl.kinds):
-        for kj in set(fl.kinds):
-            sel = np.array([fl.kinds[i] == ki and fl.kinds[j] == kj for i, j in zip(iu, ju)])
+    kinds = np.array(fl.kinds)
+    for ki in sorted(set(fl.kinds)):
+        for kj in sorted(set(fl.kinds)):
+            sel = (kinds[iu] == ki) & (kinds[ju] == kj)
             if sel.any():
                 M[:, sel] = moments.pair(ki, kj, va[sel], vb[sel], cab[sel])
     bb = fl.coef[iu] * fl.coef[ju]
