@@ -274,6 +274,18 @@ def _pairs_payload(result, depths: list[int]) -> dict:
     return out
 
 
+def _cmd_nlo(args: argparse.Namespace) -> int:
+    from .nlo import format_text, run, run_mp
+
+    spec = network_spec(args)
+    if args.dps is not None:
+        result = run_mp(spec, args.K0, int(check_real("dps", args.dps, minimum=15)))
+    else:
+        result = run(spec, args.K0)
+    print(json.dumps(_jsonable(result)) if args.json else format_text(result))
+    return 0
+
+
 def _cmd_figures(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -350,6 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sb2-in", default="0.0", help="input bias variance (with --data)")
     p.add_argument("--no-continuum", action="store_true", help="skip the continuum limit")
     p.set_defaults(func=_cmd_optimal_rho)
+
+    p = sub.add_parser("nlo", help="one-loop (1/N) variances, covariances and mean shifts")
+    _add_network_flags(p)
+    p.set_defaults(K0="0.8")
+    p.add_argument("--dps", default=None, help="evaluate on the mpmath path at this many digits")
+    p.set_defaults(func=_cmd_nlo)
 
     p = sub.add_parser("figures", help="optimal-rho figures as PNG (needs the plot extra)")
     p.add_argument("--out", default="figures", help="directory for the PNG files")

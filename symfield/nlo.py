@@ -40,8 +40,8 @@ from types import ModuleType
 import numpy as np
 from scipy.linalg import solve_triangular
 
-from .activations import Activation, resolve
-from .spec import NetworkSpec, SpecError, check_kernel
+from .activations import BUILTIN, Activation, resolve
+from .spec import NetworkSpec, SpecError, check_kernel, parse_kernel
 
 
 class MomentProvider:
@@ -81,12 +81,12 @@ def load_nlo_module(activation: Activation) -> ModuleType:
         return importlib.import_module(f"generated.nlo_{name}")
     except ModuleNotFoundError:
         raise SpecError("activation", activation.label or name,
-                        "symfield nlo has generated code for "
-                        + ", ".join(NLO_FAMILIES) + " (and their parameter values)") from None
+                        "symfield nlo has generated code for the built-in families "
+                        + ", ".join(NLO_FAMILIES) + " (relu, abs, linear: leaky_relu)") from None
 
 
-#: Families with a generated nlo module (derivations/nlo.py).
-NLO_FAMILIES = ("erf", "leaky_relu", "tanh")
+#: Families with a generated nlo module (derivations/nlo.py builds every built-in family).
+NLO_FAMILIES = BUILTIN
 
 
 def moments_for(activation: str | Activation) -> GeneratedMoments:
@@ -228,7 +228,76 @@ def one_loop(spec: NetworkSpec, K0: float, moments: MomentProvider, *,
 
 
 def check_p1_kernel(K0: object) -> float:
-    kernel = check_kernel("K0", K0)
+    kernel = parse_kernel(K0) if isinstance(K0, str) else check_kernel("K0", K0)
     if kernel.shape != (1, 1):
         raise SpecError("K0", kernel, "symfield nlo handles one input (P = 1): pass a number")
     return float(kernel[0, 0])
+
+
+# ------------------------------------------------------------------ the command
+
+
+def _square(values: np.ndarray) -> list:
+    """Per-layer scalars as a list of 1 x 1 matrices (the P x P layout of the output)."""
+    return [[[float(v)]] for v in np.asarray(values, dtype=float)]
+
+
+def payload(spec: NetworkSpec, K0: float, result: OneLoop) -> dict:
+    """The JSON object of ``symfield nlo``: per layer l = 1..L, P x P matrices."""
+    fl = result.fields
+    c, k, out = fl.c_index, fl.k_index, fl.out_index
+    shift, tad, V = result.shift, result.tadpole_only, result.V
+    warnings = []
+    for name in ("V", "shift"):
+        if not np.all(np.isfinite(getattr(result, name))):
+            warnings.append(f"non-finite one-loop terms ({name})")
+    return {
+        "C_star": _square(result.mean[c]),
+        "n_var_C": _square(np.diag(V)[c]),
+        "n_mean_shift_C": _square(shift[c]),
+        "n_cov_C_layers": V[np.ix_(c, c)],
+        "K_star": _square(result.mean[k]),
+        "n_var_K": _square(np.diag(V)[k]),
+        "n_mean_shift_K": _square(shift[k]),
+        "n_cov_K_layers": V[np.ix_(k, k)],
+        "output": {"K_out_star": [[float(result.mean[out])]],
+                   "n_var": [[float(V[out, out])]],
+                   "n_mean_shift": [[float(shift[out])]],
+                   "n_mean_shift_tadpole_only": [[float(tad[out])]]},
+        "tadpole_only": {"n_mean_shift_C": _square(tad[c]),
+                         "n_mean_shift_K": _square(tad[k]),
+                         "n_mean_shift_output": [[float(tad[out])]]},
+        "noise_diagram_T": {"C": _square(result.T[c]), "output": [[float(result.T[out])]]},
+        "warnings": warnings,
+    }
+
+
+def run(spec: NetworkSpec, K0: object) -> dict:
+    """``symfield nlo``: validate, evaluate the one-loop terms, return the JSON object."""
+    k0 = check_p1_kernel(K0)
+    result = one_loop(spec, k0, moments_for(spec.activation))
+    return {"spec": spec.to_dict(), "K0": [[k0]], "method": "float64 (generated nlo module)",
+            "convention": "N * (one-loop moment); K^(l) = (1/N) sum_i h_i^(l) h_i^(l), "
+                          "C^(l) = sb2 + (sw2/N) sum_i phi(h_i^(l-1))^2, output = C_out",
+            **payload(spec, k0, result)}
+
+
+def format_text(result: dict) -> str:
+    lines = [f"{'layer':>5}  {'C*':>12}  {'N Var C':>12}  {'N dC':>12}  {'tadpole':>12}  "
+             f"{'K*':>12}  {'N Var K':>12}  {'N dK':>12}"]
+    rows = zip(result["C_star"], result["n_var_C"], result["n_mean_shift_C"],
+               result["tadpole_only"]["n_mean_shift_C"], result["K_star"], result["n_var_K"],
+               result["n_mean_shift_K"], strict=True)
+    for l, row in enumerate(rows, start=1):
+        lines.append(f"{l:>5}  " + "  ".join(f"{m[0][0]:12.6g}" for m in row))
+    o = result["output"]
+    lines.append(f"  out  {o['K_out_star'][0][0]:12.6g}  {o['n_var'][0][0]:12.6g}  "
+                 f"{o['n_mean_shift'][0][0]:12.6g}  {o['n_mean_shift_tadpole_only'][0][0]:12.6g}")
+    return "\n".join(lines)
+
+
+def run_mp(spec: NetworkSpec, K0: object, dps: int) -> dict:
+    """``symfield nlo --dps``: the same derived expressions on the mpmath path."""
+    from .nlo_mp import run_mp as _run_mp
+
+    return _run_mp(spec, K0, dps)
