@@ -301,3 +301,73 @@ def run_mp(spec: NetworkSpec, K0: object, dps: int) -> dict:
     from .nlo_mp import run_mp as _run_mp
 
     return _run_mp(spec, K0, dps)
+
+
+# ------------------------------------------------------------ Monte Carlo referee
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Theory against Monte Carlo, one row per quantity (all in units of 1/N)."""
+
+    labels: list[str]
+    theory: np.ndarray
+    estimate: np.ndarray
+    stderr: np.ndarray
+    width: int
+    n_init: int
+
+    @property
+    def z(self) -> np.ndarray:
+        return (self.estimate - self.theory) / self.stderr
+
+    def table(self) -> str:
+        rows = [f"{'quantity':<26} {'theory':>11} {'MC':>11} {'stderr':>9} {'z':>6}"]
+        rows += [f"{lab:<26} {t:11.5f} {e:11.5f} {s:9.2e} {z:6.2f}" for lab, t, e, s, z in
+                 zip(self.labels, self.theory, self.estimate, self.stderr, self.z,
+                     strict=True)]
+        return "\n".join(rows)
+
+
+def field_samples(result: OneLoop, C_samples: np.ndarray, K_samples: np.ndarray) -> np.ndarray:
+    """Monte Carlo samples in the field layout of ``result`` (P = 1): (n_init, n_fields)."""
+    fl = result.fields
+    depth = len(fl.c_index)
+    out = np.empty((C_samples.shape[0], len(fl.names)))
+    out[:, fl.c_index] = C_samples[:, :depth, 0, 0]
+    if fl.k_index.size:
+        out[:, fl.k_index] = K_samples[:, 1:, 0, 0]
+    out[:, fl.out_index] = C_samples[:, depth, 0, 0]
+    return out
+
+
+def compare(result: OneLoop, samples: np.ndarray, width: int, *,
+            pairs: bool = True, tadpole_only: bool = False) -> Comparison:
+    """N Var, N Cov (across layers) and N (E - saddle) of every field against samples.
+
+    Standard errors: of a mean, std / sqrt(n); of a (co)variance, the standard
+    error of the mean of the centred products (x_i - xbar_i)(x_j - xbar_j)
+    (delta method; the centring costs O(1/n)). ``tadpole_only`` compares the mean
+    shift without the noise diagram T instead.
+    """
+    n = samples.shape[0]
+    centred = samples - samples.mean(axis=0)
+    labels, theory, estimate, stderr = [], [], [], []
+    shift = result.tadpole_only if tadpole_only else result.shift
+    tag = " (tadpole only)" if tadpole_only else ""
+    for f, name in enumerate(result.fields.names):
+        labels.append(f"N (E - *) {name}{tag}")
+        theory.append(shift[f])
+        estimate.append(width * (samples[:, f].mean() - result.mean[f]))
+        stderr.append(width * samples[:, f].std(ddof=1) / np.sqrt(n))
+    index = range(len(result.fields.names))
+    chosen = [(f, g) for f in index for g in index if g >= f and (pairs or f == g)]
+    for f, g in chosen:
+        prod = centred[:, f] * centred[:, g]
+        a, b = result.fields.names[f], result.fields.names[g]
+        labels.append(f"N Var {a}" if f == g else f"N Cov {a},{b}")
+        theory.append(result.V[f, g])
+        estimate.append(width * prod.sum() / (n - 1))
+        stderr.append(width * prod.std(ddof=1) / np.sqrt(n))
+    return Comparison(labels, np.array(theory), np.array(estimate), np.array(stderr),
+                      width, n)
