@@ -59,7 +59,7 @@ def gaussian_rule(center, scale):
     return numpy.where(narrow, x_gh, x_gl), numpy.where(narrow, w_gh, w_gl)
 
 
-def pair_terms(va, vb, c, terms, block=1 << 21):
+def pair_terms(va, vb, c, terms, block=1 << 19):
     """E[A(x) B(y)] * factor for each (A, B, factor) in terms; (x, y) ~ N(0, [[va, c], [c, vb]])."""
     va, vb, c = numpy.broadcast_arrays(*(numpy.asarray(a, dtype=float) for a in (va, vb, c)))
     shape = va.shape
