@@ -218,3 +218,27 @@ def test_variance_intercept_in_one_over_n(net):
         print(f"{net} {name}: intercept {coef[0]:.4f} +- {np.sqrt(cov[0, 0]):.4f}, one loop "
               f"{V[f]:.4f}, two-loop slope b = {coef[1]:.2f}")
         assert abs(z) < Z_MAX
+
+
+# ------------------------------------------------------------------ mpmath path
+
+
+@pytest.mark.parametrize("net,activation", [("resnet", "relu"), ("ffnet", "leaky_relu:0.1")])
+def test_mpmath_path_agrees_with_float64(net, activation):
+    from symfield.nlo import run
+    from symfield.nlo_mp import run_mp
+
+    spec = _spec(net, activation, 3)
+    exact = run_mp(spec, "0.8", 30)
+    assert exact["method"] == "mpmath (30 digits)"
+    fast = run(spec, "0.8")
+    for key in ("n_var_C", "n_mean_shift_C", "n_var_K", "n_mean_shift_K", "n_cov_C_layers"):
+        a, b = np.array(exact[key], dtype=float), np.array(fast[key], dtype=float)
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-13 * (1 + np.max(np.abs(a))),
+                                   err_msg=key)
+    assert len(exact["n_var_C"][-1][0][0].replace("-", "").replace(".", "")) >= 30
+
+
+def test_mpmath_path_refuses_quadrature_families():
+    out = _cli("--activation", "erf", "--rho", "0.6", "--depth", "2", "--dps", "30")
+    assert out.returncode == 2 and "dps" in out.stderr
