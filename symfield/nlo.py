@@ -26,9 +26,9 @@ causal action:
 with ``R``, ``H`` from ``mu`` and ``T_F = sum_{G,k} dQ_FG/dC^(k) A_{k,G}``.
 The chain rule through ``Sigma`` is done per layer: ``dSigma^(s)/dC^(k) =
 gamma^(2(s-k)) beta^2`` (``k <= s``), so ``H : V`` needs only
-``N Var(Sigma^(s))`` and ``T`` only the response ``Omega = dSigma/d(noise)``;
-memory is O(L^2) and nothing of size (L P^2)^2 beyond the L x L triangular
-solve is formed.
+``N Var(Sigma^(s))`` and ``T`` only the response ``Omega = dSigma/d(noise)``,
+which is propagated layer by layer with the layer Jacobian (no matrix
+inverse); memory is O(L^2).
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from types import ModuleType
 
 import numpy as np
-from scipy.linalg import solve_triangular
 
 from .activations import BUILTIN, Activation, resolve
 from .spec import NetworkSpec, SpecError, check_kernel, parse_kernel
@@ -174,15 +173,17 @@ def one_loop(spec: NetworkSpec, K0: float, moments: MomentProvider, *,
         m0[sel], m1[sel], m2[sel] = moments.one_dim(kind, sigma[fl.layer[sel]])
     mean = fl.const + fl.coef * m0
 
-    # dSigma^(s)/dC^(k) = gamma^(2(s-k)) beta^2 for 1 <= k <= s
-    s_grid = np.arange(depth + 1)[:, None]
-    k_grid = np.arange(1, depth + 1)[None, :]
-    with np.errstate(invalid="ignore"):
-        w = np.where(k_grid <= s_grid, gamma ** (2.0 * np.maximum(s_grid - k_grid, 0)), 0.0)
-    w = w * beta**2
-    R = np.zeros((n, n))
-    R[:, fl.c_index] = (fl.coef * m1)[:, None] * w[fl.layer]
-    A = solve_triangular(np.eye(n) - R, np.eye(n), lower=True, unit_diagonal=True)
+    # The response A = (I - R)^(-1) by the layer recursion, no inverse: the noise of
+    # field G moves Sigma^(s) by omega[s, G] (times 1/sqrt N), with
+    #   omega[s] = J_s omega[s-1] + beta^2 e_{C^(s)},  J_s = gamma^2 + beta^2 sw2 m'(Sigma^(s-1))
+    # (J_s is the layer Jacobian dSigma^(s)/dSigma^(s-1)), and a field reading layer s moves by
+    #   A[F] = e_F + b_F m'_F(Sigma^(s)) omega[s].
+    omega = np.zeros((depth + 1, n))
+    c_m1 = moments.one_dim("phi2", sigma[:-1])[1]
+    for s in range(1, depth + 1):
+        omega[s] = (gamma**2 + beta**2 * spec.sw2 * c_m1[s - 1]) * omega[s - 1]
+        omega[s, fl.c_index[s - 1]] += beta**2
+    A = np.eye(n) + (fl.coef * m1)[:, None] * omega[fl.layer]
 
     # noise covariance and its partials, upper triangle evaluated, mirrored
     iu, ju = np.triu_indices(n)
@@ -215,7 +216,6 @@ def one_loop(spec: NetworkSpec, K0: float, moments: MomentProvider, *,
     Qk = full["Q_k"] + np.triu(full["Q_k"], 1).T
 
     V = A @ Qm @ A.T
-    omega = w @ A[fl.c_index, :]                 # dSigma^(s) / d(noise of G), (L+1) x n
     var_sigma = np.einsum("sg,gh,sh->s", omega, Qm, omega)
     tad = 0.5 * fl.coef * m2 * var_sigma[fl.layer]
     lay = fl.layer
