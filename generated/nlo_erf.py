@@ -28,36 +28,38 @@ PARAMS = ()
 KINDS = ("phi2", "x2")
 
 
-PANEL = 24
-PANELS = 6  # two tails, four across the transition
+PANEL = 16
+PANELS = 9  # cut at the Gaussian's centre, centre -/+ 3 scale and across the transition
 TAIL = 12.0
 EDGE = 5.0
-NARROW = 1.2
+NARROW = 0.8
+NARROW_NODES = 96
 _GL_Z, _GL_W = numpy.polynomial.legendre.leggauss(PANEL)
-_GH_Z, _GH_W = numpy.polynomial.hermite_e.hermegauss(PANELS * PANEL)
+_GH_Z, _GH_W = numpy.polynomial.hermite_e.hermegauss(NARROW_NODES)
 _GH_W = _GH_W / numpy.sqrt(2.0 * numpy.pi)
 
 
-def gaussian_rule(center, scale):
-    """Nodes and weights (shape (..., PANELS PANEL)) for E f(center + scale Z)."""
+def gaussian_rule(center, scale, wide):
+    """Nodes and weights for E f(center + scale Z): Gauss-Hermite (NARROW_NODES nodes) or,
+    if ``wide``, composite Gauss-Legendre (PANELS PANEL nodes); shape (..., nodes)."""
     center, scale = numpy.broadcast_arrays(numpy.asarray(center, dtype=float),
                                            numpy.asarray(scale, dtype=float))
     c, s = center[..., None], scale[..., None]
-    narrow = s < NARROW
-    x_gh, w_gh = c + s * _GH_Z, numpy.broadcast_to(_GH_W, c.shape[:-1] + _GH_W.shape)
-    safe = numpy.where(narrow, 1.0, s)
-    lo, hi = c - TAIL * safe, c + TAIL * safe
+    if not wide:
+        return c + s * _GH_Z, numpy.broadcast_to(_GH_W, c.shape[:-1] + _GH_W.shape)
+    lo, hi = c - TAIL * s, c + TAIL * s
     inner = [numpy.clip(EDGE * t, lo, hi) for t in (-1.0, -0.5, 0.0, 0.5, 1.0)]
-    cuts = [lo, *inner, hi]
+    cuts = numpy.sort(numpy.concatenate([lo, c - 3 * s, c, c + 3 * s, *inner, hi], axis=-1),
+                      axis=-1)
     xs, ws = [], []
-    for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+    for k in range(PANELS):
+        a, b = cuts[..., k:k + 1], cuts[..., k + 1:k + 2]
         half = 0.5 * (b - a)
         x = 0.5 * (a + b) + half * _GL_Z
-        u = (x - c) / safe
+        u = (x - c) / s
         xs.append(x)
-        ws.append(half * _GL_W * numpy.exp(-0.5 * u * u) / (numpy.sqrt(2.0 * numpy.pi) * safe))
-    x_gl, w_gl = numpy.concatenate(xs, axis=-1), numpy.concatenate(ws, axis=-1)
-    return numpy.where(narrow, x_gh, x_gl), numpy.where(narrow, w_gh, w_gl)
+        ws.append(half * _GL_W * numpy.exp(-0.5 * u * u) / (numpy.sqrt(2.0 * numpy.pi) * s))
+    return numpy.concatenate(xs, axis=-1), numpy.concatenate(ws, axis=-1)
 
 
 def pair_terms(va, vb, c, terms, block=1 << 19):
@@ -68,27 +70,40 @@ def pair_terms(va, vb, c, terms, block=1 << 19):
     slope = c / va
     tau = numpy.sqrt(numpy.maximum(vb - c * slope, 0.0))
     out = [numpy.empty(va.size) for _ in terms]
-    n = PANELS * PANEL
-    step = max(1, block // (n * n))
-    for start in range(0, va.size, step):
-        sl = slice(start, start + step)
-        x, wx = gaussian_rule(numpy.zeros(va[sl].shape), numpy.sqrt(va[sl]))
-        y, wy = gaussian_rule(slope[sl, None] * x, tau[sl, None])
-        cache_x, cache_y = {}, {}
-        for o, (fa, fb, factor) in zip(out, terms, strict=True):
-            if fa not in cache_x:
-                cache_x[fa] = fa(x) * wx
-            if fb not in cache_y:
-                cache_y[fb] = numpy.einsum("mij,mij->mi", fb(y), wy)
-            o[sl] = factor * numpy.einsum("mi,mi->m", cache_x[fa], cache_y[fb])
+    wide_x, wide_y = numpy.sqrt(va) >= NARROW, tau >= NARROW
+    for gx in (False, True):
+        for gy in (False, True):
+            index = numpy.flatnonzero((wide_x == gx) & (wide_y == gy))
+            n = (PANELS * PANEL if gx else NARROW_NODES) * (PANELS * PANEL if gy
+                                                            else NARROW_NODES)
+            step = max(1, block // n)
+            for start in range(0, index.size, step):
+                sl = index[start:start + step]
+                x, wx = gaussian_rule(numpy.zeros(sl.size), numpy.sqrt(va[sl]), gx)
+                y, wy = gaussian_rule(slope[sl, None] * x, tau[sl, None], gy)
+                cache_x, cache_y = {}, {}
+                for o, (fa, fb, factor) in zip(out, terms, strict=True):
+                    if fa not in cache_x:
+                        cache_x[fa] = fa(x) * wx
+                    if fb not in cache_y:
+                        cache_y[fb] = numpy.einsum("mij,mij->mi", fb(y), wy)
+                    o[sl] = factor * numpy.einsum("mi,mi->m", cache_x[fa], cache_y[fb])
     return tuple(o.reshape(shape) for o in out)
 
 
 def one_dim_terms(v, funcs_factors):
     """E[f(u)] * factor for each (f, factor); u ~ N(0, v)."""
     v = numpy.asarray(v, dtype=float)
-    x, w = gaussian_rule(numpy.zeros(v.shape), numpy.sqrt(v))
-    return tuple(numpy.sum(f(x) * w, axis=-1) * factor for f, factor in funcs_factors)
+    flat = v.reshape(-1)
+    out = [numpy.empty(flat.size) for _ in funcs_factors]
+    wide = numpy.sqrt(flat) >= NARROW
+    for g in (False, True):
+        index = numpy.flatnonzero(wide == g)
+        if index.size:
+            x, w = gaussian_rule(numpy.zeros(index.size), numpy.sqrt(flat[index]), g)
+            for o, (f, factor) in zip(out, funcs_factors, strict=True):
+                o[index] = numpy.sum(f(x) * w, axis=-1) * factor
+    return tuple(o.reshape(v.shape) for o in out)
 
 
 def _g_phi2_0(x):
