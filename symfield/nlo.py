@@ -34,6 +34,8 @@ inverse); memory is O(L^2).
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import os
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -75,17 +77,31 @@ class GeneratedMoments(MomentProvider):
 
 
 def load_nlo_module(activation: Activation) -> ModuleType:
+    """The generated nlo module of the activation's family (built-in, or generated on demand
+    into the cache directory for a user's expression, like symfield.kernel does)."""
     name = activation.family.name
-    try:
+    if name in BUILTIN:
         return importlib.import_module(f"generated.nlo_{name}")
-    except ModuleNotFoundError:
-        raise SpecError("activation", activation.label or name,
-                        "symfield nlo has generated code for the built-in families "
-                        + ", ".join(NLO_FAMILIES) + " (relu, abs, linear: leaky_relu)") from None
+    from .codegen.nlo import render_nlo_module
+    from .kernel import _generator_digest, cache_dir
+    from .spec import DerivationSpec
+
+    path = cache_dir() / f"nlo_{name}_{_generator_digest()}.py"
+    if not path.exists():
+        spec = DerivationSpec(activations=(name,), options=(("expansion", "one loop, P = 1"),))
+        text = render_nlo_module(activation.family, source="symfield (on demand)",
+                                 spec_hash=spec.spec_hash())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    module_spec = importlib.util.spec_from_file_location(f"symfield_nlo_{path.stem}", path)
+    assert module_spec is not None and module_spec.loader is not None
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
 
 
-#: Families with a generated nlo module (derivations/nlo.py builds every built-in family).
-NLO_FAMILIES = BUILTIN
 
 
 def moments_for(activation: str | Activation) -> GeneratedMoments:

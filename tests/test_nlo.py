@@ -122,6 +122,21 @@ def test_ffnet_relu_against_monte_carlo():
     assert np.all(np.abs(full.z) < Z_MAX), full.table()
 
 
+def test_resnet_tanh_quadrature_against_monte_carlo():
+    """tanh: every phi^2 x phi^2 moment by the generated 2-D quadrature."""
+    theory, samples = _run("resnet", "tanh", 3, 200, 20000, seed=5)
+    full = compare(theory, samples, 200)
+    assert np.all(np.abs(full.z) < Z_MAX), full.table()
+
+
+def test_user_expression_generated_on_demand_against_monte_carlo(tmp_path, monkeypatch):
+    monkeypatch.setenv("SYMFIELD_CACHE", str(tmp_path))
+    theory, samples = _run("resnet", "expr:x*exp(-x**2/4)", 2, 200, 20000, seed=17)
+    full = compare(theory, samples, 200)
+    assert np.all(np.abs(full.z) < Z_MAX), full.table()
+    assert list(tmp_path.glob("generated/nlo_user_*.py"))
+
+
 GRID = [(net, act, width) for net in ("ffnet", "resnet") for act in ("erf", "relu")
         for width in (50, 100, 200, 500)]
 
