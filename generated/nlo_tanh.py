@@ -66,7 +66,7 @@ def pair_terms(va, vb, c, terms, block=1 << 19):
     va, vb, c = numpy.broadcast_arrays(*(numpy.asarray(a, dtype=float) for a in (va, vb, c)))
     shape = va.shape
     va, vb, c = (a.reshape(-1) for a in (va, vb, c))
-    slope = c / va
+    slope = numpy.divide(c, va, out=numpy.zeros_like(c), where=va > 0)  # va = 0: x = 0
     tau = numpy.sqrt(numpy.maximum(vb - c * slope, 0.0))
     out = [numpy.empty(va.size) for _ in terms]
     wide_x, wide_y = numpy.sqrt(va) >= NARROW, tau >= NARROW
