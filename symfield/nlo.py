@@ -164,6 +164,7 @@ class OneLoop:
     T: np.ndarray
     A: np.ndarray
     Q: np.ndarray
+    Q_va: np.ndarray         # dQ_FG / d Var(input of F)
 
 
 def _process(spec: NetworkSpec) -> tuple[float, float]:
@@ -240,7 +241,7 @@ def one_loop(spec: NetworkSpec, K0: float, moments: MomentProvider, *,
     low = np.minimum(lay[:, None], lay[None, :])
     T = (np.sum(Qva * omega[lay], axis=1) + Qva.T @ own
          + np.sum(Qk * gamma**lags * omega[low, np.arange(n)[None, :]], axis=1))
-    return OneLoop(fl, sigma, mean, V, A @ (tad + T), A @ tad, T, A, Qm)
+    return OneLoop(fl, sigma, mean, V, A @ (tad + T), A @ tad, T, A, Qm, Qva)
 
 
 def check_p1_kernel(K0: object) -> float:

@@ -101,6 +101,17 @@ def test_resnet_erf_mean_shift_against_monte_carlo_and_the_tadpole_miss():
     assert np.all(tad.z[last] < -4), tad.table()
     ratio = theory.shift[theory.fields.out_index] / theory.tadpole_only[theory.fields.out_index]
     assert ratio > 5
+    # most of T is the equal-time contraction A_kk = 1 (k = m in T_l = sum dQ_lm/dC_k A_km):
+    # dQ_{F, C^(k)}/dC^(k) = dQ/dVar(input of F) rho^2 for k <= layer(F). Without it (as in a
+    # continuous-time convention with theta(0) = 0) the shift is rejected as well.
+    fl = theory.fields
+    equal_time = np.array([sum(theory.Q_va[f, fl.c_index[k - 1]] * 0.6**2
+                               for k in range(1, fl.layer[f] + 1)) for f in range(len(fl.names))])
+    without = theory.shift - theory.A @ equal_time
+    for f in (fl.c_index[2], fl.out_index):
+        row = full.labels.index(f"N (E - *) {fl.names[f]}")
+        z = (full.estimate[row] - without[f]) / full.stderr[row]
+        assert z < -4, (fl.names[f], z, without[f], full.estimate[row])
 
 
 def test_resnet_erf_covariances_against_monte_carlo():
