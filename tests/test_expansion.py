@@ -39,7 +39,7 @@ from symfield.expansion import (
     field_cumulants,
     loop_expansion,
 )
-from symfield.gaussian import Q
+from symfield.gaussian import KAA, KAB, KBB, Q
 from symfield.nlo import MomentProvider, moments_for, one_loop
 from symfield.response import derive_response_map
 from symfield.saddle import derive_layer_map
@@ -245,3 +245,32 @@ def test_one_dim_moments_against_scipy():
             fd = (gen.one_dim("phi2", np.array([v + h]))[0][0]
                   - gen.one_dim("phi2", np.array([v - h]))[0][0]) / (2 * h)
             assert m1[0] == pytest.approx(fd, rel=1e-6), (name, v)
+
+
+@pytest.mark.parametrize("process", [RESNET, FFNET], ids=["resnet", "ffnet"])
+def test_mixed_propagator_two_inputs_is_the_readout_jacobian(process):
+    """P = 2, one layer and the readout: <dC_out,ab dCt^(1)_cd> is the spine's readout
+    Jacobian (entries (11, 12, 22)) times beta^2; the conjugate of an off-diagonal entry
+    enters tr(Ct C) twice, so its column carries 1/2."""
+    action = Action(process, 2, 1, readout=True, order=1)
+    point = {ct: 0 for ct in action.field_symbols("Ct")}
+    point.update(action.solve_saddle())
+    for _ in range(3):
+        point = {k: sp.sympify(v).subs(point) for k, v in point.items()}
+    loop = loop_expansion(action.S, action.field_symbols("C"), action.field_symbols("Ct"),
+                          point, simplify=sp.expand)
+    sigma = action.variances([c.subs(point) for c in action.C])[1]
+    r = derive_response_map()
+    pair = {KAA: sigma[0, 0], KBB: sigma[1, 1], KAB: sigma[0, 1]}
+    jac = sp.Matrix([
+        [r.readout_diag_q.subs(Q, sigma[0, 0]), 0, 0],
+        [r.readout_pair_qa.subs(pair, simultaneous=True),
+         r.readout_pair_k.subs(pair, simultaneous=True),
+         r.readout_pair_qb.subs(pair, simultaneous=True)],
+        [0, 0, r.readout_diag_q.subs(Q, sigma[1, 1])]])
+    weight = [1, sp.Rational(1, 2), 1]
+    for i in range(3):
+        for j in range(3):
+            assert sp.expand(loop.mixed[3 + i, j] - jac[i, j] * process.beta**2 * weight[j]) == 0
+            assert sp.expand(loop.mixed[i, j] - (weight[j] if i == j else 0)) == 0
+            assert loop.mixed[i, 3 + j] == 0  # causality: the readout does not act back
