@@ -133,6 +133,14 @@ def test_ffnet_relu_against_monte_carlo():
     assert np.all(np.abs(full.z) < Z_MAX), full.table()
 
 
+@pytest.mark.parametrize("activation", ["leaky_relu:0.3", "abs"])
+def test_leaky_relu_family_polar_moments_against_monte_carlo(activation):
+    """The polar closed forms with a negative-side slope (phi^2 = x^2 (H(x) + a^2 H(-x)))."""
+    theory, samples = _run("resnet", activation, 2, 300, 20000, seed=3)
+    full = compare(theory, samples, 300)
+    assert np.all(np.abs(full.z) < Z_MAX), full.table()
+
+
 def test_resnet_tanh_quadrature_against_monte_carlo():
     """tanh: every phi^2 x phi^2 moment by the generated 2-D quadrature."""
     theory, samples = _run("resnet", "tanh", 3, 200, 20000, seed=5)
