@@ -247,7 +247,8 @@ def one_loop(spec: NetworkSpec, K0: float, moments: MomentProvider, *,
 def check_p1_kernel(K0: object) -> float:
     kernel = parse_kernel(K0) if isinstance(K0, str) else check_kernel("K0", K0)
     if kernel.shape != (1, 1):
-        raise SpecError("K0", kernel, "symfield nlo handles one input (P = 1): pass a number")
+        raise SpecError("K0", kernel, "this path (the generated P = 1 code, and --dps) "
+                                      "handles one input: pass a number")
     return float(kernel[0, 0])
 
 
@@ -291,12 +292,22 @@ def payload(spec: NetworkSpec, K0: float, result: OneLoop) -> dict:
 
 def run(spec: NetworkSpec, K0: object) -> dict:
     """``symfield nlo``: validate, evaluate the one-loop terms, return the JSON object."""
+    kernel = parse_kernel(K0) if isinstance(K0, str) else check_kernel("K0", K0)
+    if kernel.shape[0] > 1:
+        from .nlo_p2 import payload_p2
+
+        resolve(spec.activation)
+        return {"spec": spec.to_dict(), "K0": kernel,
+                "method": "float64, experimental P >= 2 path (symfield.nlo_p2)",
+                "convention": CONVENTION, **payload_p2(spec, kernel)}
     k0 = check_p1_kernel(K0)
     result = one_loop(spec, k0, moments_for(spec.activation))
     return {"spec": spec.to_dict(), "K0": [[k0]], "method": "float64 (generated nlo module)",
-            "convention": "N * (one-loop moment); K^(l) = (1/N) sum_i h_i^(l) h_i^(l), "
-                          "C^(l) = sb2 + (sw2/N) sum_i phi(h_i^(l-1))^2, output = C_out",
-            **payload(spec, k0, result)}
+            "convention": CONVENTION, **payload(spec, k0, result)}
+
+
+CONVENTION = ("N * (one-loop moment); K^(l) = (1/N) sum_i h_i^(l) h_i^(l), "
+              "C^(l) = sb2 + (sw2/N) sum_i phi(h_i^(l-1)) phi(h_i^(l-1)), output = C_out")
 
 
 def format_text(result: dict) -> str:

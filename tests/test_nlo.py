@@ -217,7 +217,7 @@ def test_cli_json():
 
 
 @pytest.mark.parametrize("args", [["--depth", "0"], ["--rho", "-0.1"],
-                                  ["--activation", "nope"], ["--K0", "0.05,0.03;0.03,0.05"],
+                                  ["--activation", "nope"], ["--K0", "0.05,0.09;0.09,0.05"],
                                   ["--net", "ffnet", "--rho", "0.5"], ["--sw2", "nan"]])
 def test_cli_errors(args):
     base = ["--rho", "0.6"] if "--rho" not in args and "ffnet" not in args else []
@@ -252,6 +252,52 @@ def test_variance_intercept_in_one_over_n(net):
         print(f"{net} {name}: intercept {coef[0]:.4f} +- {np.sqrt(cov[0, 0]):.4f}, one loop "
               f"{V[f]:.4f}, two-loop slope b = {coef[1]:.2f}")
         assert abs(z) < Z_MAX
+
+
+# ------------------------------------------------------------------ two inputs
+
+
+def _p2(net, depth, width, n_init, seed):
+    from symfield.nlo_p2 import as_result, run_p2
+    from symfield.nlo_p2 import field_samples as p2_samples
+
+    spec = _spec(net, "erf", depth)
+    K0_2 = np.array([[0.8, 0.3], [0.3, 0.5]])
+    raw = run_p2(spec, K0_2)
+    result = as_result(raw)
+    mc = simulate(spec, K0_2, width, n_init, seed, keep_samples=True)
+    return spec, raw, result, p2_samples(result, mc.C_samples, mc.K_samples)
+
+
+def _check_p2(net, depth, width, n_init, seed):
+    spec, raw, result, samples = _p2(net, depth, width, n_init, seed)
+    # the (1,1) entries form the P = 1 problem of input 1: the generated P = 1 path agrees
+    p1 = one_loop(spec, 0.8, moments_for("erf"))
+    idx = [i for i, F in enumerate(raw["fields"]) if F.pair == (0, 0)]
+    np.testing.assert_allclose(raw["V"][np.ix_(idx, idx)], p1.V, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(raw["shift"][idx], p1.shift, rtol=1e-5, atol=1e-6)
+    # all entries (off-diagonal kernels included) against Monte Carlo
+    full = compare(result, samples, width)
+    assert np.all(np.abs(full.z) < Z_MAX), full.table()
+
+
+def test_two_inputs_resnet_against_p1_and_monte_carlo():
+    _check_p2("resnet", 2, 200, 10000, seed=11)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("net", ["ffnet", "resnet"])
+def test_two_inputs_against_monte_carlo_slow(net):
+    _check_p2(net, 3, 100, 20000, seed=23)
+
+
+def test_cli_two_inputs():
+    out = _cli("--activation", "erf", "--rho", "0.6", "--depth", "2", "--K0", "0.8,0.3;0.3,0.5",
+               "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert np.array(data["n_var_C"]).shape == (2, 2, 2)
+    assert np.array(data["output"]["n_mean_shift"]).shape == (2, 2)
 
 
 # ------------------------------------------------------------------ mpmath path
