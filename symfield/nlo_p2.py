@@ -300,5 +300,6 @@ def payload_p2(spec: NetworkSpec, K0: np.ndarray) -> dict:
     out["noise_diagram_T"] = {"C": matrices(raw["T"], "C")[:depth],
                               "output": matrices(raw["T"], "out")[depth]}
     out["warnings"] = ["P >= 2: experimental path (product Gauss-Hermite moments, partials by "
-                       "central differences; about 1e-6 relative), cost grows as (L P^2)^2"]
+                       "central differences; about 1e-5 relative for variances up to a few), "
+                       "cost grows as (L P^2)^2"]
     return out

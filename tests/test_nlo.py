@@ -274,8 +274,8 @@ def _check_p2(net, depth, width, n_init, seed):
     # the (1,1) entries form the P = 1 problem of input 1: the generated P = 1 path agrees
     p1 = one_loop(spec, 0.8, moments_for("erf"))
     idx = [i for i, F in enumerate(raw["fields"]) if F.pair == (0, 0)]
-    np.testing.assert_allclose(raw["V"][np.ix_(idx, idx)], p1.V, rtol=1e-6, atol=1e-9)
-    np.testing.assert_allclose(raw["shift"][idx], p1.shift, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(raw["V"][np.ix_(idx, idx)], p1.V, rtol=3e-5, atol=1e-9)
+    np.testing.assert_allclose(raw["shift"][idx], p1.shift, rtol=3e-5, atol=1e-6)
     # all entries (off-diagonal kernels included) against Monte Carlo
     full = compare(result, samples, width)
     assert np.all(np.abs(full.z) < Z_MAX), full.table()
