@@ -429,6 +429,19 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_nlo(args: argparse.Namespace) -> int:
+    from .nlo import format_text, run, run_mp
+
+    spec = network_spec(args)
+    dps = _dps(args)
+    if dps is not None:
+        result = run_mp(spec, args.K0, dps)
+    else:
+        result = run(spec, args.K0)
+    print(json.dumps(_jsonable(result)) if args.json else format_text(result))
+    return 0
+
+
 def _cmd_figures(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -529,6 +542,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-samples", default=None, metavar="FILE.npz",
                    help="also write every initialization's K^(l), C^(l), y y^T to FILE.npz")
     p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser("nlo", help="one-loop (1/N) variances, covariances and mean shifts")
+    _add_network_flags(p)
+    p.set_defaults(K0="0.8")
+    p.add_argument("--dps", default=None, help="evaluate on the mpmath path at this many digits")
+    p.set_defaults(func=_cmd_nlo)
 
     p = sub.add_parser("figures", help="optimal-rho figures as PNG (needs the plot extra)")
     p.add_argument("--out", default="figures", help="directory for the PNG files")

@@ -584,6 +584,70 @@ def response_section(routine: KernelRoutine) -> Section:
                    "one layer at a time.", tuple(eqs))
 
 
+def _loop_names(n: int) -> dict[str, str]:
+    """LaTeX for the Taylor coefficients of the general causal action (expansion.py)."""
+    names: dict[str, str] = {"kappa3": r"\kappa_3"}
+    for l in range(1, n + 1):
+        for m in range(1, n + 1):
+            names[f"R_{l}{m}"] = f"R_{{{l}{m}}}"
+            names[f"Q_{l}{m}"] = f"Q_{{{l}{m}}}"
+            for k in range(1, n + 1):
+                names[f"H_{l}_{m}{k}"] = f"H^{{({l})}}_{{{m}{k}}}"
+                names[f"dQ_{l}{m}_{k}"] = rf"\partial_{{{k}}} Q_{{{l}{m}}}"
+    return names
+
+
+def one_loop_section() -> Section:
+    """The one-loop terms of the general causal action, as the engine derives them."""
+    from ..activations import FAMILIES
+    from ..expansion import COV, V_A, V_B, derive_one_loop_structure, pair_plan
+
+    n = 3
+    printer = SymfieldLatexPrinter(_loop_names(n))
+    res, ff = derive_one_loop_structure(n, "resnet"), derive_one_loop_structure(n, "ffnet")
+    eqs = [
+        equation(printer, "loop-response", r"N \langle \delta C_3 \, \delta\tilde{C}_1 \rangle",
+                 res.expansion.mixed[2, 0],
+                 "Mixed propagator (minus the inverse Hessian of $S$ at the saddle): the "
+                 "response $A = (I - R)^{-1}$, with $R_{lk} = \\partial \\mu_l / \\partial C_k$."),
+        equation(printer, "loop-cov", r"N \operatorname{Cov}(\delta C_2, \delta C_2)",
+                 res.expansion.cov[1, 1], "Field fluctuations, $V = A Q A^\\top$ "
+                 "($Q$ the per-neuron noise covariance of $f$)."),
+        equation(printer, "loop-mean-2", r"N \langle \delta C_2 \rangle", res.expansion.mean[1],
+                 "Mean shift of the second field from the cubic vertices (ResNet pattern: every "
+                 "field depends on all earlier ones; $\\partial_k Q_{lm}$ is the noise "
+                 "covariance's dependence on $C_k$, the vertex "
+                 "$\\tilde{C} \\tilde{C} \\delta C$)."),
+        equation(printer, "loop-T-3", "T_3", res.T[2],
+                 "The noise-covariance diagram $T_l = \\sum_{m,k} \\partial_k Q_{lm} A_{km}$ "
+                 "for the third field (ResNet); the engine checks "
+                 "$N\\langle \\delta C \\rangle = A[\\tfrac12 H : V + T]$ entry by entry."),
+        equation(printer, "loop-mean-3-ffnet", r"N \langle \delta C_3 \rangle_{\mathrm{FFNet}}",
+                 ff.expansion.mean[2],
+                 "FFNet pattern (each field depends on the previous one, noise diagonal): "
+                 "$T = 0$, only the tadpole $\\tfrac12 H : V$ remains."),
+    ]
+    m_printer = SymfieldLatexPrinter({V_A.name: "v_a", V_B.name: "v_b", COV.name: "c"})
+    plan = pair_plan(FAMILIES["erf"], "phi2", "x2")
+    series = plan.exprs["M"].replace(
+        lambda e: isinstance(e, sp.core.function.AppliedUndef)
+        and e.func.__name__.startswith("m_phi2_"),
+        lambda e: sp.Function(f"m_{e.func.__name__.rsplit('_', 1)[1]}")(*e.args))
+    eqs.append(equation(m_printer, "loop-price-series",
+                        r"\mathbb{E}\big[\phi(x)^2 y^2\big]", series,
+                        "A four-point moment of the one-loop terms by Price's series in the "
+                        "covariance $c$ (the partner $y^2$ is a polynomial); "
+                        "$m_{k}(v) = \\partial_v^k \\, \\mathbb{E}\\, \\phi(u)^2$, "
+                        "$u \\sim \\mathcal{N}(0, v)$."))
+    intro = ("Expanding $N S$ around $(C^*, \\tilde{C}^* = 0)$ with $z = \\sqrt{N} (\\delta C, "
+             "\\delta \\tilde{C})$: the propagator is $-(S'')^{-1}$ and "
+             "$N \\langle \\delta z_a \\rangle = \\langle z_a \\, S^{(3)}[z,z,z]/6 \\rangle_0$ "
+             "(Isserlis). Shown for the general causal action of three fields with means "
+             "$\\mu_l(C)$ and noise covariances $Q_{lm}(C)$; the full action of nets with "
+             "$L \\le 3$ is checked against the same engine in the tests.")
+    return Section("One loop: finite-width corrections", intro, tuple(eqs))
+
+
 # -- documents ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Document:
@@ -605,6 +669,7 @@ def document(families: Sequence[Family]) -> Document:
                         "Gaussian expectations of each family.", ())]
     sections += [family_section(routine) for routine in routines]
     sections.append(response_section(first))
+    sections.append(one_loop_section())
     return Document(tuple(sections), assumptions)
 
 
