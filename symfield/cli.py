@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 
 import numpy as np
@@ -582,6 +583,9 @@ def main(argv: list[str] | None = None) -> int:
     except ArithmeticError as error:  # NumericalError and friends: a result we cannot give
         print(f"symfield: error: {error}", file=sys.stderr)
         return 3
+    except BrokenPipeError:  # `symfield ... | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

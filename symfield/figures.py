@@ -194,33 +194,18 @@ MC_STEP = 1e-2  # relative step of K^(0)_11 for the finite-difference response
 
 
 def nlo_band(spec, K0: np.ndarray, width: int) -> tuple[dict | None, str | None]:
-    """Hook for the 1/N band of the kernel ``K^(l)_11`` from ``symfield.nlo``.
+    """The 1/N band of the kernel ``K^(l)_11`` from the one-loop expansion (``symfield.nlo``).
 
-    Returns ``({"K_mean": (L+1,), "K_std": (L+1,)}, None)`` -- the kernel's mean
-    to O(1/N) and its standard deviation over networks -- or ``(None, reason)``.
-    The 1/N expansion is another module (``symfield nlo``); it is used when it
-    exposes ``kernel_band(spec, K0, width)`` (that contract), or else
-    ``one_loop(spec, K0, moments_for(activation))`` with per-field saddle
-    ``mean``, ``N Cov`` ``V`` and ``N`` mean ``shift`` (see :func:`band_from_one_loop`).
-    Otherwise no band is drawn and the reason is returned.
+    Returns ``({"K_mean": (L+1,), "K_std": (L+1,)}, None)``: the kernel's mean to
+    O(1/N) and its standard deviation over networks; or ``(None, reason)`` where the
+    expansion does not apply (it is derived for one input).
     """
-    try:
-        from . import nlo  # type: ignore[attr-defined]
-    except ImportError:
-        return None, "symfield.nlo is not available: the 1/N band is not drawn"
-    try:
-        if callable(getattr(nlo, "kernel_band", None)):
-            band = nlo.kernel_band(spec, K0, width)
-            return {key: np.asarray(band[key], dtype=float) for key in ("K_mean", "K_std")}, None
-        if callable(getattr(nlo, "one_loop", None)) and callable(getattr(nlo, "moments_for",
-                                                                         None)):
-            loop = nlo.one_loop(spec, float(K0[0, 0]), nlo.moments_for(spec.activation))
-            return band_from_one_loop(loop, float(K0[0, 0]), width), None
-    except (AttributeError, KeyError, TypeError, IndexError, ValueError, ArithmeticError,
-            ImportError) as error:
-        return None, f"symfield.nlo could not be used ({error}): the 1/N band is not drawn"
-    return None, ("symfield.nlo exposes neither kernel_band nor one_loop/moments_for: "
-                  "the 1/N band is not drawn")
+    from . import nlo
+
+    if K0.shape != (1, 1):
+        return None, f"the generated one-loop path is for one input (P = 1), not P = {len(K0)}"
+    loop = nlo.one_loop(spec, float(K0[0, 0]), nlo.moments_for(spec.activation))
+    return band_from_one_loop(loop, float(K0[0, 0]), width), None
 
 
 def band_from_one_loop(loop, K0: float, width: int) -> dict:
