@@ -19,7 +19,9 @@ FAMILY = "erf"
 KIND = "exact"
 PARAMS = ()
 STATED_ACCURACY = 1e-12
+STATED_ACCURACY_SECOND = 1e-12
 QUADRATURE_NODES = None
+QUADRATURE_Q_MIN = None
 QUADRATURE_Q_MAX = None
 _BLOCK = 1 << 14  # array elements per batch chunk: keeps a layer's work in cache
 
@@ -73,7 +75,7 @@ def _diag_second(q):
     return G_d, G_d_q, G_d_qq
 
 
-def _pair_value(q, k, tri):
+def _pair_value(q, k, tri, delta=None):
     iu, ju, counts = tri
     u0 = numpy.sqrt(2)/numpy.sqrt(2*q + 1)
     u0_a = numpy.repeat(u0, counts, axis=-1)
@@ -82,7 +84,7 @@ def _pair_value(q, k, tri):
     return G
 
 
-def _pair_grad(q, k, tri):
+def _pair_grad(q, k, tri, delta=None):
     iu, ju, counts = tri
     u0 = numpy.sqrt(2)/numpy.sqrt(2*q + 1)
     u0_a = numpy.repeat(u0, counts, axis=-1)
@@ -95,7 +97,7 @@ def _pair_grad(q, k, tri):
     return G, G_k
 
 
-def _pair_full(q, k, tri):
+def _pair_full(q, k, tri, delta=None):
     iu, ju, counts = tri
     u0 = numpy.sqrt(2)/numpy.sqrt(2*q + 1)
     u1 = 1/(2*q + 1)
@@ -115,7 +117,7 @@ def _pair_full(q, k, tri):
     return G, G_k, G_qa, G_qb
 
 
-def _pair_second(q, k, tri):
+def _pair_second(q, k, tri, delta=None):
     iu, ju, counts = tri
     u0 = numpy.sqrt(2)/numpy.sqrt(2*q + 1)
     u1 = 1/(2*q + 1)

@@ -19,7 +19,9 @@ FAMILY = "leaky_relu"
 KIND = "exact"
 PARAMS = ("alpha", )
 STATED_ACCURACY = 1e-12
+STATED_ACCURACY_SECOND = 1e-12
 QUADRATURE_NODES = None
+QUADRATURE_Q_MIN = None
 QUADRATURE_Q_MAX = None
 _BLOCK = 1 << 14  # array elements per batch chunk: keeps a layer's work in cache
 
@@ -66,18 +68,20 @@ def _diag_second(q, alpha):
     return G_d, G_d_q, G_d_qq
 
 
-def _pair_value(q, k, tri, alpha):
+def _pair_value(q, k, tri, alpha, delta=None):
     iu, ju, counts = tri
-    Delta = _gram_det(numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1), k)
+    Delta = (_gram_det(numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1), k)
+             if delta is None else delta)
     t0 = numpy.sqrt(Delta)
     t1 = (1/2)*(alpha - 1)**2/numpy.pi
     G = k*alpha + k*t1*numpy.arctan2(t0, -k) + t0*t1
     return G
 
 
-def _pair_grad(q, k, tri, alpha):
+def _pair_grad(q, k, tri, alpha, delta=None):
     iu, ju, counts = tri
-    Delta = _gram_det(numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1), k)
+    Delta = (_gram_det(numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1), k)
+             if delta is None else delta)
     t0 = numpy.sqrt(Delta)
     t1 = (1/2)*(alpha - 1)**2/numpy.pi
     t2 = t1*numpy.arctan2(t0, -k)
@@ -86,12 +90,13 @@ def _pair_grad(q, k, tri, alpha):
     return G, G_k
 
 
-def _pair_full(q, k, tri, alpha):
+def _pair_full(q, k, tri, alpha, delta=None):
     iu, ju, counts = tri
     u0 = 1/q
     u0_a = numpy.repeat(u0, counts, axis=-1)
     u0_b = numpy.take(u0, ju, axis=-1)
-    Delta = _gram_det(numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1), k)
+    Delta = (_gram_det(numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1), k)
+             if delta is None else delta)
     t0 = numpy.sqrt(Delta)
     t1 = 1/numpy.pi
     t2 = (alpha - 1)**2
@@ -105,12 +110,13 @@ def _pair_full(q, k, tri, alpha):
     return G, G_k, G_qa, G_qb
 
 
-def _pair_second(q, k, tri, alpha):
+def _pair_second(q, k, tri, alpha, delta=None):
     iu, ju, counts = tri
     u0 = 1/q
     u0_a = numpy.repeat(u0, counts, axis=-1)
     u0_b = numpy.take(u0, ju, axis=-1)
-    Delta = _gram_det(numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1), k)
+    Delta = (_gram_det(numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1), k)
+             if delta is None else delta)
     t0 = numpy.sqrt(Delta)
     t1 = (alpha - 1)**2/numpy.pi
     t2 = (1/2)*t1

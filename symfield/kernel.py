@@ -67,9 +67,19 @@ def moments_label(module: ModuleType) -> str:
     """'exact' or a description of the quadrature rule and its stated accuracy."""
     if module.KIND == "exact":
         return "exact"
-    return (f"quadrature (Gauss-Hermite, {module.QUADRATURE_NODES} nodes per dimension, "
-            f"stated relative accuracy {module.STATED_ACCURACY:g} for variances "
-            f"<= {module.QUADRATURE_Q_MAX:g})")
+    return (f"quadrature (composite Gauss-Legendre, {module.QUADRATURE_NODES} nodes per "
+            f"panel, stated relative accuracy {module.STATED_ACCURACY:g} for variances in "
+            f"[{module.QUADRATURE_Q_MIN:g}, {module.QUADRATURE_Q_MAX:g}])")
+
+
+def check_variances(module: ModuleType, variances: np.ndarray, spec: NetworkSpec) -> None:
+    """Refuse variances outside the range where the module's quadrature was measured."""
+    lo, hi = module.QUADRATURE_Q_MIN, module.QUADRATURE_Q_MAX
+    outside = [float(v) for v in np.ravel(variances) if not lo <= v <= hi]
+    if outside:
+        raise NumericalError(
+            f"variance {outside[0]:.6g} is outside the trusted quadrature range "
+            f"[{lo:g}, {hi:g}] of activation {spec.activation} (net={spec.net})")
 
 
 def compute(spec: NetworkSpec, K0: np.ndarray, *, tensor: bool = False,
@@ -87,8 +97,15 @@ def compute(spec: NetworkSpec, K0: np.ndarray, *, tensor: bool = False,
                   **activation.param_values)
     if spec.net == "resnet":
         kwargs["rho"] = spec.rho
-    with np.errstate(over="ignore", invalid="ignore"):
-        result = module.NETS[spec.net](K0, **kwargs)
+    if module.KIND == "quadrature":
+        check_variances(module, np.diag(K0), spec)
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            result = module.NETS[spec.net](K0, **kwargs)
+    except getattr(module, "QuadratureRangeError", ()) as error:
+        raise NumericalError(f"{error} (net={spec.net}, activation={spec.activation}, "
+                             f"depth={spec.depth}): the kernel leaves the range where the "
+                             "quadrature accuracy was measured") from None
     warnings = []
     for key in ("K", "K_out"):
         if not np.all(np.isfinite(result[key])):
@@ -99,13 +116,6 @@ def compute(spec: NetworkSpec, K0: np.ndarray, *, tensor: bool = False,
     for key in ("chi", "chi_out"):
         if not np.all(np.isfinite(result[key])):
             warnings.append(f"{key} overflows float64; see log_abs_{key} and {key}_sign")
-    if module.KIND == "quadrature":
-        q_max = float(np.max(np.diagonal(result.get("K_layers", result["K"]), axis1=-2,
-                                         axis2=-1)))
-        q_max = max(q_max, float(np.max(np.diag(K0))))
-        if q_max > module.QUADRATURE_Q_MAX:
-            warnings.append(f"variances reach {q_max:.3g} > {module.QUADRATURE_Q_MAX:g}, "
-                            "beyond the range where the quadrature accuracy was measured")
     result["moments"] = moments_label(module)
     result["warnings"] = warnings
     return result
