@@ -283,7 +283,7 @@ def pair_expectations(qa, qb, k):
     counts = numpy.concatenate([numpy.ones(n, dtype=int), numpy.zeros(n, dtype=int)])
     tri = (numpy.arange(n), n + numpy.arange(n), counts)
     values = _pair_second(q, k.reshape(-1), tri)
-    return {name: numpy.broadcast_to(v, k.shape).reshape(qa.shape).copy()
+    return {name: numpy.broadcast_to(v, (n,)).reshape(qa.shape).copy()
             for name, v in zip(('G', 'G_k', 'G_qa', 'G_qb', 'G_kk', 'G_kqa', 'G_kqb'), values)}
 
 
