@@ -297,6 +297,32 @@ def _rule_errors(cases: list, structure: np.ndarray, nodes: int) -> dict[str, fl
     return worst
 
 
+def check_moments_exist(family: Family, exprs: list[sp.Expr] | None = None) -> bool:
+    """Refuse (GenerationError) a phi whose Gaussian moments do not exist or are not finite.
+
+    Detected numerically on |u| <= 1e5 (:func:`rules.nonfinite_means_decayed`): a pole on
+    the real line (1/x), or growth that overflows (exp(x^2) beats the Gaussian decay at
+    large variance). Returns whether non-finite values occur only where phi's
+    derivatives have decayed to 0 (then they are read as 0).
+    """
+    if exprs is None:
+        exprs = [family.phi, family.phi**2]
+        for _ in range(MAX_PHI_ORDER):
+            exprs += [derivative(exprs[-2]), derivative(exprs[-1])]
+    try:
+        return rules.nonfinite_means_decayed(_numeric(exprs))
+    except ValueError:
+        raise GenerationError(
+            f"{family.description}: phi or a derivative is not finite on |x| <= 1e5 "
+            "(a pole, or growth that overflows float64); its Gaussian moments cannot be "
+            f"computed for every variance up to {QUADRATURE_Q_MAX:g}") from None
+
+
+#: A measured quadrature error above this means the moments are not computable (e.g. an
+#: integrable singularity, or a moment that diverges at large variance): refused.
+QUADRATURE_REFUSE = 1e-6
+
+
 def plan_quadrature(family: Family, expectations: Expectations) -> QuadraturePlan:
     """Choose the Gauss-Legendre count per panel that meets QUADRATURE_TARGET everywhere.
 
@@ -321,12 +347,7 @@ def plan_quadrature(family: Family, expectations: Expectations) -> QuadraturePla
         raise GenerationError(
             f"{family.description}: not smooth and not closed by the identity table; "
             "quadrature by Price's theorem needs phi four times differentiable")
-    try:
-        zero_nonfinite = rules.nonfinite_means_decayed(_numeric(phis + squares))
-    except ValueError:
-        raise GenerationError(
-            f"{family.description}: phi or a derivative is not finite on the real line; "
-            "its Gaussian moments do not exist") from None
+    zero_nonfinite = check_moments_exist(family, phis + squares)
     scale = activation_scale(_numeric(phis, zero_nonfinite))
     cases = _references(family, phis, squares, scale, zero_nonfinite)
     structure = rules.structure_points(scale)
@@ -338,6 +359,12 @@ def plan_quadrature(family: Family, expectations: Expectations) -> QuadraturePla
             break
     first = max(worst[n] for n in FIRST_GROUP)
     second = max(worst[n] for n in SECOND_GROUP)
+    if not max(first, second) <= QUADRATURE_REFUSE:
+        name = max(worst, key=lambda n: worst[n])
+        raise GenerationError(
+            f"{family.description}: the quadrature of {name} misses its adaptive reference "
+            f"by {worst[name]:.1g} (relative) for variances in [{QUADRATURE_Q_MIN:g}, "
+            f"{QUADRATURE_Q_MAX:g}]; its Gaussian moments are not reliably finite")
     stated, stated_second = (float(10.0 ** np.ceil(np.log10(max(e, 1e-16))))
                              for e in (first, second))
     return QuadraturePlan(tuple(phis), tuple(squares), chosen, stated, stated_second,

@@ -44,7 +44,7 @@ from . import quadrature_rules as rules
 from .action import BETA, GAMMA, PROCESSES, RHO, SB2, SB2_OUT, SW2, SW2_OUT
 from .activations import Activation, derive, resolve
 from .gaussian import KAA, KAB, KBB, Q, X
-from .ir import MOMENTS, layer_expressions
+from .ir import MOMENTS, check_moments_exist, layer_expressions
 from .response import derive_response_map
 from .saddle import derive_layer_map
 from .spec import NetworkSpec, check_kernel
@@ -535,6 +535,7 @@ def _exact(act: Activation, dps: int) -> MpExpectations:
 
 
 def _quadrature(act: Activation, dps: int) -> MpExpectations:
+    check_moments_exist(act.family)  # a pole or super-Gaussian growth: refused, as in float64
     phi = phi_functions(act)
 
     @functools.lru_cache(maxsize=256)

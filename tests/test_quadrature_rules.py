@@ -245,3 +245,17 @@ def test_pair_functions_take_the_gram_determinant():
     for with_delta, without in zip(mod._pair_second(q, k, tri, delta),
                                    mod._pair_second(q, k, tri), strict=True):
         np.testing.assert_allclose(with_delta, without, rtol=1e-13, atol=1e-16)
+
+
+# -- activations without finite moments are refused (exit 2, one line) -------------------------
+@pytest.mark.parametrize("source, reason", [("1/x", "poles"), ("1/(x - 0.3)", "poles"),
+                                            ("exp(x**2)", "grows faster")])
+def test_activations_without_finite_moments_are_refused(source, reason, capsys):
+    from symfield.cli import main
+
+    argv = ["kernel", "--net", "resnet", "--activation", f"expr:{source}", "--sw2", "1",
+            "--sb2", "0.05", "--rho", "0.3", "--depth", "2", "--K0", "1,0.5;0.5,1", "--json"]
+    for extra in ([], ["--dps", "20"]):
+        assert main(argv + extra) == 2
+        err = capsys.readouterr().err
+        assert reason in err and len(err.strip().splitlines()) == 1, err
