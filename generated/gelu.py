@@ -118,7 +118,7 @@ def _phi_all(x):
     d2 = w5*(1 - w4)
     d3 = w6*(w4 - 2)
     d4 = w5*((7/2)*w3 - 1/2*x**4 - 2)
-    return tuple(numpy.broadcast_to(v, numpy.shape(x)).astype(float)
+    return tuple(numpy.broadcast_to(v, numpy.shape(x)).astype(float, copy=False)
                  for v in (d0, d1, d2, d3, d4))
 
 

@@ -121,7 +121,7 @@ def _phi_all(x):
     d2 = w7*(w0 + 2*w5 + 2)
     d3 = w7*(6*w10 - 6*w5 + 6*w8 + x - 3)
     d4 = w7*(w0 - 36*w10 + 14*w5 - 24*w8 + 24*w9 + 4 + 24*x*numpy.exp(-3*x)/w2**3)
-    return tuple(numpy.broadcast_to(v, numpy.shape(x)).astype(float)
+    return tuple(numpy.broadcast_to(v, numpy.shape(x)).astype(float, copy=False)
                  for v in (d0, d1, d2, d3, d4))
 
 

@@ -115,7 +115,7 @@ def _phi_all(x):
     d2 = w0*w3
     d3 = -w3*(w4 - 1)
     d4 = 8*w0*w2*(w4 - 2)
-    return tuple(numpy.broadcast_to(v, numpy.shape(x)).astype(float)
+    return tuple(numpy.broadcast_to(v, numpy.shape(x)).astype(float, copy=False)
                  for v in (d0, d1, d2, d3, d4))
 
 
