@@ -5,7 +5,8 @@ parameter values (ReLU, |x| and the identity are leaky ReLU with slope 0, -1
 and 1). For each family symfield tries to derive the pair expectation
 ``G(K_aa, K_bb, K_ab) = E[phi(u_a) phi(u_b)]`` in closed form by Price's
 theorem (:mod:`symfield.gaussian`); a family the identity table cannot close is
-evaluated by Gauss-Hermite quadrature in the generated code.
+evaluated by composite Gauss-Legendre quadrature (:mod:`symfield.quadrature_rules`)
+in the generated code.
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ class Expectations:
     """Gaussian expectations of one family, derived once.
 
     ``kind`` is ``"exact"`` (closed forms below) or ``"quadrature"`` (only
-    ``phi`` and its derivatives, for Gauss-Hermite code).
+    ``phi`` and its derivatives, for quadrature code).
     """
 
     family: Family

@@ -4,7 +4,7 @@ A :class:`KernelRoutine` bundles, for one activation family, everything the
 leading-order kernel code needs, as named SymPy expressions:
 
 * the Gaussian-moment block (closed forms in a numerically stable form, or the
-  derivatives of phi for Gauss-Hermite quadrature with a node count chosen for
+  derivatives of phi for composite Gauss-Legendre quadrature with a node count chosen for
   a stated accuracy);
 * the layer map and its Jacobian (from :mod:`symfield.saddle`,
   :mod:`symfield.response`), written in terms of moment symbols;

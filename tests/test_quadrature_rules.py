@@ -259,3 +259,19 @@ def test_activations_without_finite_moments_are_refused(source, reason, capsys):
         assert main(argv + extra) == 2
         err = capsys.readouterr().err
         assert reason in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.slow
+def test_float64_agrees_with_mpmath_on_a_growing_resnet():
+    """The issue's network (tanh, rho = 1, sw2 = 2: the variance grows past 4, where the
+    old rule failed), shortened to 8 layers: float64 against the mpmath path at 20 digits."""
+    from symfield.precision import propagate_mp
+    from symfield.spec import NetworkSpec
+
+    spec = NetworkSpec(net="resnet", activation="tanh", sw2=2.0, sb2=0.05, rho=1.0, depth=8)
+    K0 = [[1.0, 0.5], [0.5, 1.0]]
+    ours = module("tanh").resnet(np.array(K0), rho=1.0, sw2=2.0, sb2=0.05, depth=8)
+    ref = propagate_mp(spec, K0, dps=20)
+    for key in ("K", "chi", "chi_out"):
+        expected = np.array([[float(v) for v in row] for row in ref[key]])
+        np.testing.assert_allclose(ours[key], expected, rtol=1e-9, err_msg=key)
