@@ -104,8 +104,50 @@ def _sq_4(x):
 
 
 
-def _phi_all(x):
-    """phi and all its derivatives up to order 4, sharing subexpressions."""
+
+def _phi_upto_1(x):
+    """phi and its derivatives up to order 1, sharing subexpressions."""
+    w0 = numpy.sqrt(2)
+    w1 = (1/2)*x
+    w2 = scipy.special.erf(w0*w1) + 1
+    d0 = w1*w2
+    d1 = (1/2)*w0*x*numpy.exp(-1/2*x**2)/numpy.sqrt(numpy.pi) + (1/2)*w2
+    return tuple(numpy.broadcast_to(v, numpy.shape(x)).astype(float, copy=False)
+                 for v in (d0, d1))
+
+
+def _phi_upto_2(x):
+    """phi and its derivatives up to order 2, sharing subexpressions."""
+    w0 = numpy.sqrt(2)
+    w1 = (1/2)*x
+    w2 = scipy.special.erf(w0*w1) + 1
+    w3 = (1/2)*x**2
+    w4 = w0*numpy.exp(-w3)/numpy.sqrt(numpy.pi)
+    d0 = w1*w2
+    d1 = (1/2)*w2 + (1/2)*w4*x
+    d2 = w4*(1 - w3)
+    return tuple(numpy.broadcast_to(v, numpy.shape(x)).astype(float, copy=False)
+                 for v in (d0, d1, d2))
+
+
+def _phi_upto_3(x):
+    """phi and its derivatives up to order 3, sharing subexpressions."""
+    w0 = numpy.sqrt(2)
+    w1 = (1/2)*x
+    w2 = scipy.special.erf(w0*w1) + 1
+    w3 = (1/2)*x**2
+    w4 = w0*numpy.exp(-w3)/numpy.sqrt(numpy.pi)
+    w5 = w4*x
+    d0 = w1*w2
+    d1 = (1/2)*w2 + (1/2)*w5
+    d2 = w4*(1 - w3)
+    d3 = w5*(w3 - 2)
+    return tuple(numpy.broadcast_to(v, numpy.shape(x)).astype(float, copy=False)
+                 for v in (d0, d1, d2, d3))
+
+
+def _phi_upto_4(x):
+    """phi and its derivatives up to order 4, sharing subexpressions."""
     w0 = numpy.sqrt(2)
     w1 = (1/2)*x
     w2 = scipy.special.erf(w0*w1) + 1
@@ -124,6 +166,7 @@ def _phi_all(x):
 
 _SQUARES = {0: _sq_0, 2: _sq_2, 4: _sq_4, }
 _PHIS = (_phi_0, _phi_1, _phi_2, _phi_3, _phi_4, )
+_PHI_UPTO = (None, _phi_upto_1, _phi_upto_2, _phi_upto_3, _phi_upto_4, )
 
 
 def _derivatives(x, orders):
@@ -131,7 +174,7 @@ def _derivatives(x, orders):
     if len(orders) == 1:
         (order,) = orders
         return {order: _PHIS[order](x)}
-    values = _phi_all(x)
+    values = _PHI_UPTO[max(orders)](x)
     return {order: values[order] for order in orders}
 
 

@@ -103,8 +103,53 @@ def _sq_4(x):
 
 
 
-def _phi_all(x):
-    """phi and all its derivatives up to order 4, sharing subexpressions."""
+
+def _phi_upto_1(x):
+    """phi and its derivatives up to order 1, sharing subexpressions."""
+    w0 = numpy.exp(-x)
+    w1 = 1/(w0 + 1)
+    w2 = w1*x
+    d0 = w2
+    d1 = w1*(w0*w2 + 1)
+    return tuple(numpy.broadcast_to(v, numpy.shape(x)).astype(float, copy=False)
+                 for v in (d0, d1))
+
+
+def _phi_upto_2(x):
+    """phi and its derivatives up to order 2, sharing subexpressions."""
+    w0 = -x
+    w1 = numpy.exp(w0)
+    w2 = w1 + 1
+    w3 = 1/w2
+    w4 = w3*x
+    w5 = w1*w4
+    d0 = w4
+    d1 = w3*(w5 + 1)
+    d2 = w1*(w0 + 2*w5 + 2)/w2**2
+    return tuple(numpy.broadcast_to(v, numpy.shape(x)).astype(float, copy=False)
+                 for v in (d0, d1, d2))
+
+
+def _phi_upto_3(x):
+    """phi and its derivatives up to order 3, sharing subexpressions."""
+    w0 = -x
+    w1 = numpy.exp(w0)
+    w2 = w1 + 1
+    w3 = 1/w2
+    w4 = w3*x
+    w5 = w1*w4
+    w6 = w2**(-2.0)
+    w7 = w1*w6
+    d0 = w4
+    d1 = w3*(w5 + 1)
+    d2 = w7*(w0 + 2*w5 + 2)
+    d3 = w7*(6*w1*w3 - 6*w5 + 6*w6*x*numpy.exp(-2*x) + x - 3)
+    return tuple(numpy.broadcast_to(v, numpy.shape(x)).astype(float, copy=False)
+                 for v in (d0, d1, d2, d3))
+
+
+def _phi_upto_4(x):
+    """phi and its derivatives up to order 4, sharing subexpressions."""
     w0 = -x
     w1 = numpy.exp(w0)
     w2 = w1 + 1
@@ -127,6 +172,7 @@ def _phi_all(x):
 
 _SQUARES = {0: _sq_0, 2: _sq_2, 4: _sq_4, }
 _PHIS = (_phi_0, _phi_1, _phi_2, _phi_3, _phi_4, )
+_PHI_UPTO = (None, _phi_upto_1, _phi_upto_2, _phi_upto_3, _phi_upto_4, )
 
 
 def _derivatives(x, orders):
@@ -141,7 +187,7 @@ def _derivatives_raw(x, orders):
     if len(orders) == 1:
         (order,) = orders
         return {order: _PHIS[order](x)}
-    values = _phi_all(x)
+    values = _PHI_UPTO[max(orders)](x)
     return {order: values[order] for order in orders}
 
 

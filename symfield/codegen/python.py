@@ -154,9 +154,11 @@ def render_module(routine: KernelRoutine, *, source: str, spec_hash: str) -> str
         context["density"] = _float_list(rules.density_points())
         context["structure"] = _float_list(plan.structure)
         context["phi_text"] = [phi_printer.doprint(e) for e in plan.phis]
-        context["phi_all"] = print_block({f"d{i}": e for i, e in enumerate(plan.phis)},
-                                         NumpyExpressionPrinter({**_param_names(routine), X: "x"}),
-                                         prefix="w")
+        # phi and its derivatives up to each order, with common subexpressions shared
+        context["phi_upto"] = [
+            print_block({f"d{i}": e for i, e in enumerate(plan.phis[:top + 1])},
+                        NumpyExpressionPrinter({**_param_names(routine), X: "x"}), prefix="w")
+            for top in range(1, len(plan.phis))]
         context["square_text"] = [(order, phi_printer.doprint(plan.squares[order]))
                                   for order in range(0, len(plan.squares), 2)]
         modules.update(phi_printer.module_imports)
