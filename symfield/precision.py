@@ -336,19 +336,29 @@ def structure_panels(mean: Mpf, sd: Mpf, phi: PhiFunctions) -> list[Panel]:
         # a density point next to a rung would only add a sliver of a panel
         density = [d for d in density if all(abs(d - r) > step / 4 for r in rungs)]
     edges = sorted({-width, width, *density, *rungs})
-    norm = 1 / mp.sqrt(2 * mp.pi)
+    fixed = set(density) | {-width, width}
     panels = []
     for left, right in itertools.pairwise(edges):
         distance = mp.zero if left < 0 < right else min(abs(left), abs(right))
         digits = digits_at(distance, dps)
         prec = min(mp.prec, mpmath.libmp.dps_to_prec(math.ceil(digits)))
-        xs, ws = _legendre(max(4, math.ceil(STRUCTURE_NODES_PER_DIGIT * digits)), prec)
-        half, centre = (right - left) / 2, (right + left) / 2
-        ts = [centre + half * x for x in xs]
-        panels.append(Panel(prec, tuple(mean + sd * t for t in ts),
-                            tuple(half * w * norm * mp.exp(-t * t / 2)
-                                  for t, w in zip(ts, ws, strict=True))))
+        n = max(4, math.ceil(STRUCTURE_NODES_PER_DIGIT * digits))
+        # panels between density points recur in every call: their rule is cached
+        rule = _t_panel if left in fixed and right in fixed else _t_panel.__wrapped__
+        ts, weights = rule(left, right, n, prec, mp.prec)
+        panels.append(Panel(prec, tuple(mean + sd * t for t in ts), weights))
     return panels
+
+
+@functools.lru_cache(maxsize=4096)
+def _t_panel(left: Mpf, right: Mpf, n: int, prec: int, work: int
+             ) -> tuple[tuple[Mpf, ...], tuple[Mpf, ...]]:
+    """Gauss-Legendre nodes t on [left, right] and weights times the N(0,1) density."""
+    xs, ws = _legendre(n, prec)
+    half, centre = (right - left) / 2, (right + left) / 2
+    norm = half / mp.sqrt(2 * mp.pi)
+    ts = tuple(centre + half * x for x in xs)
+    return ts, tuple(norm * w * mp.exp(-t * t / 2) for t, w in zip(ts, ws, strict=True))
 
 
 #: The structure ladder of the mpmath rule: the float64 rule's rungs from 1 up (its rung at
