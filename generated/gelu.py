@@ -9,7 +9,8 @@ Spec hash e95b3cd7fbcb0ed9. DO NOT EDIT: run `symfield build` to regenerate.
 Gaussian moments: quadrature (composite Gauss-Legendre, 9 nodes per
 panel, panels cut at density and activation structure points; stated relative accuracy
 1e-11 (second derivatives 1e-10) for variances in [0.0, 100000.0],
-measured at build time against adaptive QUADPACK; other variances are refused).
+measured at build time against adaptive QUADPACK; at other variances the moments are NaN
+and symfield refuses the network).
 Layer map (from dS/dCt = 0 of the action, process h' = gamma h + beta xi):
     q'   = G_d*beta**2*sigma_w^2 + beta**2*sigma_b^2 + gamma**2*q
     K'ab = G*beta**2*sigma_w^2 + K_ab*gamma**2 + beta**2*sigma_b^2
@@ -202,25 +203,22 @@ def _rule(mean, sd):
     return mean[..., None] + sd[..., None] * t, w
 
 
-class QuadratureRangeError(ValueError):
-    """A variance outside [QUADRATURE_Q_MIN, QUADRATURE_Q_MAX], where the rule was measured."""
-
-
-def _check_variance(q):
-    if numpy.size(q) and not (numpy.min(q) >= QUADRATURE_Q_MIN
-                              and numpy.max(q) <= QUADRATURE_Q_MAX):
-        bad = float(q[~((q >= QUADRATURE_Q_MIN) & (q <= QUADRATURE_Q_MAX))].flat[0])
-        raise QuadratureRangeError(f"variance {bad!r} outside the trusted quadrature range "
-                         f"[{QUADRATURE_Q_MIN!r}, {QUADRATURE_Q_MAX!r}]")
+def _untrusted(q):
+    """Variances outside [QUADRATURE_Q_MIN, QUADRATURE_Q_MAX] (or NaN), where the rule's
+    accuracy was not measured: their moments come out NaN, never a silent guess."""
+    return ~((q >= QUADRATURE_Q_MIN) & (q <= QUADRATURE_Q_MAX))
 
 
 def _diag_moments(q, orders):
     """d^n G_d / dq^n = 2^-n E[(phi^2)^(2n)(u)], u ~ N(0, q), for each n in orders (Price)."""
     q = numpy.asarray(q, dtype=float)
-    _check_variance(q)
+    bad = _untrusted(q)
+    if bad.any():
+        q = numpy.where(bad, 1.0, q)
     u, w = _rule(numpy.zeros_like(q), numpy.sqrt(q))
     values = [_SQUARES[2 * n](u) for n in orders]
-    return tuple(numpy.sum(w * v, axis=-1) * 0.5**n for v, n in zip(values, orders))
+    moments = tuple(numpy.sum(w * v, axis=-1) * 0.5**n for v, n in zip(values, orders))
+    return tuple(numpy.where(bad, numpy.nan, m) for m in moments) if bad.any() else moments
 
 
 def _pair_moments(q, k, tri, orders, delta=None):
@@ -232,7 +230,11 @@ def _pair_moments(q, k, tri, orders, delta=None):
     """
     iu, ju, counts = tri
     q, k = numpy.asarray(q, dtype=float), numpy.asarray(k, dtype=float)
-    _check_variance(q)
+    bad = _untrusted(q)
+    bad_pair = numpy.repeat(bad, counts, axis=-1) | numpy.take(bad, ju, axis=-1)
+    if bad.any():  # computed at a harmless point, then NaN
+        q, k = numpy.where(bad, 1.0, q), numpy.where(bad_pair, 0.0, k)
+        delta = None
     P, shape = q.shape[-1], k.shape
     qa, qb = numpy.repeat(q, counts, axis=-1), numpy.take(q, ju, axis=-1)
     if delta is None:
@@ -266,6 +268,8 @@ def _pair_moments(q, k, tri, orders, delta=None):
                 value = numpy.where(flip, numpy.einsum("mi,mi,mi->m", w_out, at_in[j][o],
                                                        smooth[i]), value)
             out[sl] = value * 0.5**h
+    if bad.any():
+        return tuple(numpy.where(bad_pair, numpy.nan, out.reshape(shape)) for out in outputs)
     return tuple(out.reshape(shape) for out in outputs)
 
 

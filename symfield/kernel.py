@@ -79,7 +79,8 @@ def check_variances(module: ModuleType, variances: np.ndarray, spec: NetworkSpec
     if outside:
         raise NumericalError(
             f"variance {outside[0]:.6g} is outside the trusted quadrature range "
-            f"[{lo:g}, {hi:g}] of activation {spec.activation} (net={spec.net})")
+            f"[{lo:g}, {hi:g}] of activation {spec.activation} (net={spec.net}, "
+            f"depth={spec.depth}), where its accuracy was measured")
 
 
 def compute(spec: NetworkSpec, K0: np.ndarray, *, tensor: bool = False,
@@ -97,15 +98,17 @@ def compute(spec: NetworkSpec, K0: np.ndarray, *, tensor: bool = False,
                   **activation.param_values)
     if spec.net == "resnet":
         kwargs["rho"] = spec.rho
-    if module.KIND == "quadrature":
+    quadrature = module.KIND == "quadrature"
+    if quadrature:
         check_variances(module, np.diag(K0), spec)
-    try:
-        with np.errstate(over="ignore", invalid="ignore"):
-            result = module.NETS[spec.net](K0, **kwargs)
-    except getattr(module, "QuadratureRangeError", ()) as error:
-        raise NumericalError(f"{error} (net={spec.net}, activation={spec.activation}, "
-                             f"depth={spec.depth}): the kernel leaves the range where the "
-                             "quadrature accuracy was measured") from None
+        kwargs["layers"] = True  # every layer's variances are checked below
+    with np.errstate(over="ignore", invalid="ignore"):
+        result = module.NETS[spec.net](K0, **kwargs)
+    if quadrature:
+        check_variances(module, np.diagonal(result["K_layers"], axis1=-2, axis2=-1), spec)
+        if not layers:
+            result.pop("K_layers")
+            result.pop("chi_layers", None)
     warnings = []
     for key in ("K", "K_out"):
         if not np.all(np.isfinite(result[key])):
