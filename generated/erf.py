@@ -19,7 +19,9 @@ FAMILY = "erf"
 KIND = "exact"
 PARAMS = ()
 STATED_ACCURACY = 1e-12
+STATED_ACCURACY_SECOND = 1e-12
 QUADRATURE_NODES = None
+QUADRATURE_Q_MIN = None
 QUADRATURE_Q_MAX = None
 _BLOCK = 1 << 14  # array elements per batch chunk: keeps a layer's work in cache
 
@@ -166,7 +168,7 @@ def pair_expectations(qa, qb, k):
     counts = numpy.concatenate([numpy.ones(n, dtype=int), numpy.zeros(n, dtype=int)])
     tri = (numpy.arange(n), n + numpy.arange(n), counts)
     values = _pair_second(q, k.reshape(-1), tri)
-    return {name: numpy.broadcast_to(v, k.shape).reshape(qa.shape).copy()
+    return {name: numpy.broadcast_to(v, (n,)).reshape(qa.shape).copy()
             for name, v in zip(('G', 'G_k', 'G_qa', 'G_qb', 'G_kk', 'G_kqa', 'G_kqb'), values)}
 
 

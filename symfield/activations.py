@@ -5,7 +5,8 @@ parameter values (ReLU, |x| and the identity are leaky ReLU with slope 0, -1
 and 1). For each family symfield tries to derive the pair expectation
 ``G(K_aa, K_bb, K_ab) = E[phi(u_a) phi(u_b)]`` in closed form by Price's
 theorem (:mod:`symfield.gaussian`); a family the identity table cannot close is
-evaluated by Gauss-Hermite quadrature in the generated code.
+evaluated by composite Gauss-Legendre quadrature (:mod:`symfield.quadrature_rules`)
+in the generated code.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+import numpy as np
 import sympy as sp
 from sympy.parsing.sympy_parser import (
     implicit_multiplication_application,
@@ -129,7 +131,7 @@ class Expectations:
     """Gaussian expectations of one family, derived once.
 
     ``kind`` is ``"exact"`` (closed forms below) or ``"quadrature"`` (only
-    ``phi`` and its derivatives, for Gauss-Hermite code).
+    ``phi`` and its derivatives, for quadrature code).
     """
 
     family: Family
@@ -177,9 +179,44 @@ def tidy(expr: sp.Expr) -> sp.Expr:
     return sp.collect(sp.expand(expr), atoms, func=sp.factor)
 
 
+def check_finite_moments(family: Family) -> None:
+    """Refuse (SpecError) a user's phi whose Gaussian moments do not exist.
+
+    A pole on the real line (``1/x``: SymPy's real singularities, or a non-finite value
+    on a grid through 0), or growth faster than a Gaussian can tame
+    (``exp(x**2)``: log|phi(u)| / u^2 at |u| = 25 above 0.05, so E[phi^2] diverges
+    from variance ~5 on). A closed form from the identity table would otherwise be
+    evaluated outside its domain of convergence.
+    """
+    if family.name in FAMILIES:  # the built-in families are finite by construction
+        return
+    label = f"expr:{sp.sstr(family.phi)}"
+    try:
+        poles = sp.calculus.singularities(family.phi, X, sp.S.Reals)
+    except (NotImplementedError, TypeError, ValueError):
+        poles = sp.S.EmptySet
+    if poles not in (sp.S.EmptySet, sp.EmptySet):
+        raise SpecError("activation", label, f"phi has poles on the real line ({poles}); "
+                        "its Gaussian moments do not exist")
+    fn = sp.lambdify(X, family.phi, modules=["numpy", "scipy"])
+    grid = np.concatenate([np.linspace(-20, 20, 4001), [25.0, -25.0]])
+    with np.errstate(all="ignore"):
+        values = np.broadcast_to(np.asarray(fn(grid), dtype=complex), grid.shape)
+    finite = np.isfinite(values)
+    if not finite[:-2].all():
+        bad = grid[:-2][~finite[:-2]][0]
+        raise SpecError("activation", label, f"phi is not finite at x = {bad:g}; "
+                        "its Gaussian moments do not exist")
+    growth = np.log(np.maximum(np.abs(values[-2:]), 1e-300)) / 625.0
+    if not finite[-2:].all() or growth.max() > 0.05:
+        raise SpecError("activation", label, "phi grows faster than the Gaussian density "
+                        "decays (like exp(a x^2)); its Gaussian moments are not finite")
+
+
 @functools.lru_cache(maxsize=64)
 def derive(family: Family) -> Expectations:
     """Derive the Gaussian expectations of ``family`` (closed form if the table allows)."""
+    check_finite_moments(family)
     phis = (family.phi, derivative(family.phi), derivative(derivative(family.phi)))
     try:
         pair = simplify(expect_pair(family.phi, family.phi))

@@ -67,9 +67,20 @@ def moments_label(module: ModuleType) -> str:
     """'exact' or a description of the quadrature rule and its stated accuracy."""
     if module.KIND == "exact":
         return "exact"
-    return (f"quadrature (Gauss-Hermite, {module.QUADRATURE_NODES} nodes per dimension, "
-            f"stated relative accuracy {module.STATED_ACCURACY:g} for variances "
-            f"<= {module.QUADRATURE_Q_MAX:g})")
+    return (f"quadrature (composite Gauss-Legendre, {module.QUADRATURE_NODES} nodes per "
+            f"panel, stated relative accuracy {module.STATED_ACCURACY:g} for variances in "
+            f"[{module.QUADRATURE_Q_MIN:g}, {module.QUADRATURE_Q_MAX:g}])")
+
+
+def check_variances(module: ModuleType, variances: np.ndarray, spec: NetworkSpec) -> None:
+    """Refuse variances outside the range where the module's quadrature was measured."""
+    lo, hi = module.QUADRATURE_Q_MIN, module.QUADRATURE_Q_MAX
+    outside = [float(v) for v in np.ravel(variances) if not lo <= v <= hi]
+    if outside:
+        raise NumericalError(
+            f"variance {outside[0]:.6g} is outside the trusted quadrature range "
+            f"[{lo:g}, {hi:g}] of activation {spec.activation} (net={spec.net}, "
+            f"depth={spec.depth}), where its accuracy was measured")
 
 
 def compute(spec: NetworkSpec, K0: np.ndarray, *, tensor: bool = False,
@@ -89,8 +100,17 @@ def compute(spec: NetworkSpec, K0: np.ndarray, *, tensor: bool = False,
         kwargs["progress"] = progress
     if spec.net == "resnet":
         kwargs["rho"] = spec.rho
+    quadrature = module.KIND == "quadrature"
+    if quadrature:
+        check_variances(module, np.diag(K0), spec)
+        kwargs["layers"] = True  # every layer's variances are checked below
     with np.errstate(over="ignore", invalid="ignore"):
         result = module.NETS[spec.net](K0, **kwargs)
+    if quadrature:
+        check_variances(module, np.diagonal(result["K_layers"], axis1=-2, axis2=-1), spec)
+        if not layers:
+            result.pop("K_layers")
+            result.pop("chi_layers", None)
     warnings = []
     for key in ("K", "K_out"):
         if not np.all(np.isfinite(result[key])):
@@ -101,13 +121,6 @@ def compute(spec: NetworkSpec, K0: np.ndarray, *, tensor: bool = False,
     for key in ("chi", "chi_out"):
         if not np.all(np.isfinite(result[key])):
             warnings.append(f"{key} overflows float64; see log_abs_{key} and {key}_sign")
-    if module.KIND == "quadrature":
-        q_max = float(np.max(np.diagonal(result.get("K_layers", result["K"]), axis1=-2,
-                                         axis2=-1)))
-        q_max = max(q_max, float(np.max(np.diag(K0))))
-        if q_max > module.QUADRATURE_Q_MAX:
-            warnings.append(f"variances reach {q_max:.3g} > {module.QUADRATURE_Q_MAX:g}, "
-                            "beyond the range where the quadrature accuracy was measured")
     result["moments"] = moments_label(module)
     result["warnings"] = warnings
     return result

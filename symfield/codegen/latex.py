@@ -473,11 +473,17 @@ def family_section(routine: KernelRoutine) -> Section:
         plan = routine.quadrature
         assert plan is not None
         eqs += _quadrature_equations(printer, name, plan.dphi, plan.d2phi)
-        intro = (f"No closed form in the identity table: probabilists' Gauss-Hermite "
-                 f"quadrature with $n = {plan.nodes}$ nodes $z_i$ and weights $w_i$ "
-                 f"($\\sum_i w_i = 1$) per dimension; measured relative accuracy "
-                 f"${_scientific(plan.stated_accuracy)}$ (the worst error on the probe grid, "
-                 f"rounded up) for $q \\leq {sp.nsimplify(plan.q_max)}$.")
+        intro = (f"No closed form in the identity table: composite Gauss-Legendre "
+                 f"quadrature in the standard-normal variable, {plan.nodes} nodes per panel, "
+                 f"panels cut at density points and at $\\phi$'s structure points "
+                 f"(0 and a ladder of scale {sp.nsimplify(plan.scale)}) mapped into it; "
+                 f"nodes $z_i$ and weights $w_i$ (density included) depend on the mean and "
+                 f"variance, their number does not. Measured relative accuracy "
+                 f"${_scientific(plan.stated_accuracy)}$ (second derivatives "
+                 f"${_scientific(plan.stated_accuracy_second)}$; the worst error against "
+                 f"adaptive QUADPACK, rounded up) for "
+                 f"${sp.nsimplify(plan.q_min)} \\leq q \\leq {sp.nsimplify(plan.q_max)}$; "
+                 f"other variances are refused.")
     return Section(f"Family {name}", f"{family.description}. {intro}", tuple(eqs), level=2)
 
 
@@ -513,10 +519,13 @@ def _quadrature_equations(printer: SymfieldLatexPrinter, name: str, dphi: sp.Exp
     eqs += [equation(printer, f"{name}-{key}-rule", lhs, rhs, text, relation=r"\approx")
             for key, lhs, rhs, text in rules]
     eqs.append(equation(printer, f"{name}-nodes-a", ua, sp.sqrt(KAA) * z[i],
-                        "Nodes of the pair rule, with $c$ the correlation and "
+                        "Outer nodes of the pair rule (the input of larger variance is "
+                        "called $a$), with $c$ the correlation and "
                         "$s = \\sqrt{\\Delta / (K_{aa} K_{bb})}$."))
     eqs.append(equation(printer, f"{name}-nodes-b", ub, sp.sqrt(KBB) * (c * z[i] + s * z[j]),
-                        "Second coordinate: $(u_a, u_b)$ has covariance $K$."))
+                        "Inner nodes: $u_b \\mid u_a \\sim N(K_{ab} u_a / K_{aa}, "
+                        "\\Delta / K_{aa})$, with a rule $(z_j, w_j)$ adapted to that "
+                        "conditional law (a point mass at $s = 0$)."))
     return eqs
 
 

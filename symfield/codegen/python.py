@@ -9,6 +9,7 @@ import jinja2
 import sympy as sp
 
 from .. import __version__
+from .. import quadrature_rules as rules
 from ..action import BETA, GAMMA, RHO, SB2, SB2_OUT, SW2, SW2_OUT
 from ..gaussian import KAA, KAB, KBB, Q, X
 from ..ir import (
@@ -49,6 +50,18 @@ class PairVariant:
     uses_delta: bool
     lines: list[tuple[str, str]]
     outputs: list[str]
+
+
+def _float_list(values) -> str:
+    """A float array as a list literal, wrapped at 88 columns (repr: round-trips exactly)."""
+    items = [repr(float(v)) for v in values]
+    lines, line = [], "["
+    for item in items:
+        if len(line) + len(item) + 2 > 84:
+            lines.append(line.rstrip())
+            line = "    "
+        line += item + ", "
+    return "\n".join([*lines, line.rstrip(", ") + "]"])
 
 
 def _param_names(routine: KernelRoutine) -> dict[sp.Symbol, str]:
@@ -116,6 +129,9 @@ def render_module(routine: KernelRoutine, *, source: str, spec_hash: str) -> str
         "accuracy": repr(routine.stated_accuracy),
         "nodes": routine.quadrature.nodes if routine.quadrature else None,
         "q_max": repr(routine.quadrature.q_max) if routine.quadrature else None,
+        "q_min": repr(routine.quadrature.q_min) if routine.quadrature else None,
+        "accuracy_second": (repr(routine.quadrature.stated_accuracy_second)
+                            if routine.quadrature else repr(routine.stated_accuracy)),
     }
     context["pair_moment_names"] = repr(PAIR_VARIANTS["second"])
     context["diag_moment_names"] = repr(DIAG_VARIANTS["second"])
@@ -133,10 +149,16 @@ def render_module(routine: KernelRoutine, *, source: str, spec_hash: str) -> str
         assert routine.quadrature is not None
         phi_printer = NumpyExpressionPrinter({**_param_names(routine), X: "x"})
         plan = routine.quadrature
+        context["t_max"] = repr(rules.T_MAX)
+        context["zero_nonfinite"] = plan.zero_nonfinite
+        context["density"] = _float_list(rules.density_points())
+        context["structure"] = _float_list(plan.structure)
         context["phi_text"] = [phi_printer.doprint(e) for e in plan.phis]
-        context["phi_all"] = print_block({f"d{i}": e for i, e in enumerate(plan.phis)},
-                                         NumpyExpressionPrinter({**_param_names(routine), X: "x"}),
-                                         prefix="w")
+        # phi and its derivatives up to each order, with common subexpressions shared
+        context["phi_upto"] = [
+            print_block({f"d{i}": e for i, e in enumerate(plan.phis[:top + 1])},
+                        NumpyExpressionPrinter({**_param_names(routine), X: "x"}), prefix="w")
+            for top in range(1, len(plan.phis))]
         context["square_text"] = [(order, phi_printer.doprint(plan.squares[order]))
                                   for order in range(0, len(plan.squares), 2)]
         modules.update(phi_printer.module_imports)
