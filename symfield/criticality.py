@@ -64,9 +64,9 @@ CRITICAL_TOL = 1e-9
 Q_ZERO, Q_MAX = 1e-12, 1e6
 Q_GRID = np.concatenate([[0.0], np.geomspace(1e-10, Q_MAX, 321)])
 #: The bracketing grid in c: uniform on [-1, 1) and geometric towards 1.
-C_GRID = np.unique(np.concatenate([np.linspace(-1.0, 1.0, 81)[:-1],
-                                   1.0 - np.geomspace(2e-2, 1e-11, 40)]))
-BISECTIONS = 60
+C_GRID = np.unique(np.concatenate([np.linspace(-1.0, 1.0, 17)[:-1],
+                                   1.0 - np.geomspace(0.1, 1e-11, 16)]))
+NEWTON_ITERATIONS = 80
 
 
 @dataclass(frozen=True)
@@ -138,17 +138,33 @@ class _Moments:
             return self.module.diag_expectations(q, **self.params)
 
     def pair(self, qa, qb, k):
+        """Flat in, reshaped out: the generated function takes any shape but is tested 1-D."""
+        qa, qb, k = np.broadcast_arrays(*(np.asarray(a, float) for a in (qa, qb, k)))
         with np.errstate(all="ignore"):
-            return self.module.pair_expectations(qa, qb, k, **self.params)
+            out = self.module.pair_expectations(qa.ravel(), qb.ravel(), k.ravel(), **self.params)
+        return {name: v.reshape(k.shape) for name, v in out.items()}
 
 
-def _bisect(f, lo, hi, positive_at_lo=True):
-    """Vectorised bisection of f on [lo, hi] with f(lo) > 0 >= f(hi) (elementwise)."""
-    for _ in range(BISECTIONS):
-        mid = 0.5 * (lo + hi)
-        up = f(mid) > 0
-        lo, hi = np.where(up, mid, lo), np.where(up, hi, mid)
-    return 0.5 * (lo + hi)
+def _safe_newton(f, lo, hi):
+    """Vectorised root of f on [lo, hi], f(lo) > 0 >= f(hi): Newton kept inside the bracket.
+
+    ``f(x)`` returns (value, slope). A Newton step that leaves the bracket, or does not
+    halve it, is replaced by bisection; the bracket shrinks every iteration.
+    """
+    x = 0.5 * (lo + hi)
+    for _ in range(NEWTON_ITERATIONS):
+        value, slope = f(x)
+        done = value == 0
+        up = value > 0
+        lo, hi = np.where(up, x, lo), np.where(up | done, hi, x)
+        with np.errstate(all="ignore"):
+            step = x - value / slope
+        inside = (step >= lo) & (step <= hi) & np.isfinite(step)
+        x_new = np.where(done, x, np.where(inside, step, 0.5 * (lo + hi)))
+        if np.all(done | (np.abs(x_new - x) <= 4 * np.finfo(float).eps * np.abs(x))):
+            return x_new
+        x = x_new
+    return x
 
 
 def _last_down_crossing(values: np.ndarray) -> np.ndarray:
@@ -186,11 +202,13 @@ def scan(activation, sw2, sb2) -> dict[str, np.ndarray]:
     hi = Q_GRID[np.maximum(i, 0) + 1]
 
     def excess(q):
-        return fn["variance"](G_d=mom.diag(q)["G_d"], sw2=w, sb2=b) - q
+        d = mom.diag(q)
+        return (fn["variance"](G_d=d["G_d"], sw2=w, sb2=b) - q,
+                fn["chi_q"](G_d_q=d["G_d_q"], sw2=w, sb2=b) - 1)
 
     q_star = np.full(w.shape, np.nan)
     if found.any():
-        q_star = np.where(found, _bisect(excess, lo, hi), np.nan)
+        q_star = np.where(found, _safe_newton(excess, lo, hi), np.nan)
     # where the slopes are taken: q*, its limit 0+, q = 1 (identity), Q_MAX (unbounded)
     q_eval = np.select([found, zero, identity], [q_star, Q_ZERO, 1.0], Q_MAX)
     chi_q = fn["chi_q"](G_d_q=mom.diag(q_eval)["G_d_q"], sw2=w, sb2=b)
@@ -210,10 +228,11 @@ def scan(activation, sw2, sb2) -> dict[str, np.ndarray]:
         qc, wc, bc = qc[:, 0], wc[:, 0], bc[:, 0]
 
         def corr_excess(c):
-            g = mom.pair(qc, qc, c * qc)["G"]
-            return fn["correlation"](G=g, sw2=wc, sb2=bc, q_star=qc) - c
+            g = mom.pair(qc, qc, c * qc)
+            return (fn["correlation"](G=g["G"], sw2=wc, sb2=bc, q_star=qc) - c,
+                    fn["chi_c"](G_k=g["G_k"], sw2=wc, sb2=bc, q_star=qc) - 1)
 
-        c_star[chaotic] = _bisect(corr_excess, C_GRID[j], C_GRID[j + 1])
+        c_star[chaotic] = _safe_newton(corr_excess, C_GRID[j], C_GRID[j + 1])
     c_eval = np.where(np.isnan(c_star), 1.0, c_star)
     Gk = mom.pair(q_eval, q_eval, c_eval * q_eval)["G_k"]
     chi_c = np.where(np.isnan(c_star), np.nan,
@@ -287,12 +306,12 @@ def _polish(activation: str, sw2: float, sb2: float, r: dict, dps: int) -> dict:
     import mpmath
     from mpmath import mp
 
-    from .precision import mp_expectations, working_precision
+    from .precision import mp_expectations, to_mpf, working_precision
 
     m = mp_expectations(activation, dps + 5)
     fn = compiled("mpmath")
     with working_precision(dps + 5):
-        w, b = mp.mpf(sw2), mp.mpf(sb2)
+        w, b = to_mpf(sw2), to_mpf(sb2)  # 0.05 is 1/20, as the rest of the mp path reads it
 
         def excess(q):
             return fn["variance"](G_d=m.G_d(q), sw2=w, sb2=b) - q
