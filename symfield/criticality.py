@@ -66,7 +66,9 @@ Q_GRID = np.concatenate([[0.0], np.geomspace(1e-10, Q_MAX, 321)])
 #: The bracketing grid in c: uniform on [-1, 1) and geometric towards 1.
 C_GRID = np.unique(np.concatenate([np.linspace(-1.0, 1.0, 17)[:-1],
                                    1.0 - np.geomspace(0.1, 1e-11, 16)]))
-NEWTON_ITERATIONS = 80
+NEWTON_ITERATIONS = 60
+#: Newton stops when every step is below this (relative; quadrature moments jitter ~1e-14).
+STEP_TOL = 1e-13
 
 
 @dataclass(frozen=True)
@@ -145,7 +147,7 @@ class _Moments:
         return {name: v.reshape(k.shape) for name, v in out.items()}
 
 
-def _safe_newton(f, lo, hi):
+def _safe_newton(f, lo, hi, atol=0.0):
     """Vectorised root of f on [lo, hi], f(lo) > 0 >= f(hi): Newton kept inside the bracket.
 
     ``f(x)`` returns (value, slope). A Newton step that leaves the bracket, or does not
@@ -159,9 +161,10 @@ def _safe_newton(f, lo, hi):
         lo, hi = np.where(up, x, lo), np.where(up | done, hi, x)
         with np.errstate(all="ignore"):
             step = x - value / slope
-        inside = (step >= lo) & (step <= hi) & np.isfinite(step)
-        x_new = np.where(done, x, np.where(inside, step, 0.5 * (lo + hi)))
-        if np.all(done | (np.abs(x_new - x) <= 4 * np.finfo(float).eps * np.abs(x))):
+        slack = STEP_TOL * (np.abs(x) + atol)  # a root on the bracket's end, up to rounding
+        inside = (step >= lo - slack) & (step <= hi + slack) & np.isfinite(step)
+        x_new = np.where(done, x, np.where(inside, np.clip(step, lo, hi), 0.5 * (lo + hi)))
+        if np.all(done | (np.abs(x_new - x) <= STEP_TOL * (np.abs(x) + atol))):
             return x_new
         x = x_new
     return x
@@ -201,14 +204,16 @@ def scan(activation, sw2, sb2) -> dict[str, np.ndarray]:
     lo = Q_GRID[np.maximum(i, 0)]
     hi = Q_GRID[np.maximum(i, 0) + 1]
 
-    def excess(q):
-        d = mom.diag(q)
-        return (fn["variance"](G_d=d["G_d"], sw2=w, sb2=b) - q,
-                fn["chi_q"](G_d_q=d["G_d_q"], sw2=w, sb2=b) - 1)
-
     q_star = np.full(w.shape, np.nan)
     if found.any():
-        q_star = np.where(found, _safe_newton(excess, lo, hi), np.nan)
+        wf, bf = w[found], b[found]
+
+        def excess(q):
+            d = mom.diag(q)
+            return (fn["variance"](G_d=d["G_d"], sw2=wf, sb2=bf) - q,
+                    fn["chi_q"](G_d_q=d["G_d_q"], sw2=wf, sb2=bf) - 1)
+
+        q_star[found] = _safe_newton(excess, lo[found], hi[found])
     # where the slopes are taken: q*, its limit 0+, q = 1 (identity), Q_MAX (unbounded)
     q_eval = np.select([found, zero, identity], [q_star, Q_ZERO, 1.0], Q_MAX)
     chi_q = fn["chi_q"](G_d_q=mom.diag(q_eval)["G_d_q"], sw2=w, sb2=b)
@@ -232,7 +237,7 @@ def scan(activation, sw2, sb2) -> dict[str, np.ndarray]:
             return (fn["correlation"](G=g["G"], sw2=wc, sb2=bc, q_star=qc) - c,
                     fn["chi_c"](G_k=g["G_k"], sw2=wc, sb2=bc, q_star=qc) - 1)
 
-        c_star[chaotic] = _safe_newton(corr_excess, C_GRID[j], C_GRID[j + 1])
+        c_star[chaotic] = _safe_newton(corr_excess, C_GRID[j], C_GRID[j + 1], atol=1.0)
     c_eval = np.where(np.isnan(c_star), 1.0, c_star)
     Gk = mom.pair(q_eval, q_eval, c_eval * q_eval)["G_k"]
     chi_c = np.where(np.isnan(c_star), np.nan,
