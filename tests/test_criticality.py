@@ -191,3 +191,33 @@ def test_cli_bad_input(capsys, flags, name):
     assert main(["criticality", *flags, "--json"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and name in err
+
+
+# -- the phase diagram ------------------------------------------------------------------
+def test_erf_grid_is_vectorised():
+    import time
+
+    w, b = np.meshgrid(np.linspace(0.05, 4.0, 200), np.linspace(0.0, 0.5, 200))
+    start = time.perf_counter()
+    s = scan("erf", w, b)
+    seconds = time.perf_counter() - start
+    assert seconds < 5.0, f"200 x 200 erf grid took {seconds:.1f} s"
+    # spot checks against the one-point path (same numbers, vectorised or not)
+    for i, j in ((0, 0), (37, 120), (150, 60), (199, 199)):
+        r = analyse("erf", float(w[i, j]), float(b[i, j]))
+        assert s["chi_1"][i, j] == pytest.approx(r["chi_1"], rel=1e-12)
+        if r["q_star"]:
+            assert s["q_star"][i, j] == pytest.approx(r["q_star"], rel=1e-12)
+    # at sb2 = 0 the erf transition is where sw2 phi'(0)^2 = 1: sw2 = pi/4 (q* = 0 side)
+    row = s["chi_1"][0]
+    assert np.all((row > 1) == (w[0] > np.pi / 4))
+
+
+def test_phase_diagram_figure(tmp_path):
+    pytest.importorskip("matplotlib")
+    from symfield.figures import phase_diagram
+
+    summary = phase_diagram(tmp_path, sizes={"tanh": 5, "erf": 30, "relu": 30})
+    assert (tmp_path / "phase_diagram.png").stat().st_size > 10_000
+    assert summary["relu"]["chaotic_points"] == 0 and summary["relu"]["no_fixed_point"] > 0
+    assert summary["erf"]["chaotic_points"] > 0 and summary["erf"]["no_fixed_point"] == 0
