@@ -274,40 +274,53 @@ def analyse(activation: str, sw2: float, sb2: float, dps: int | None = None) -> 
     r = {k: v.item() for k, v in scan(activation, sw2, sb2).items()}
     r = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
     status = r.pop("status")
+    phase = None if r["chi_1"] is None else _phase(r["chi_1"])
     out: dict = {"activation": activation, "sw2": sw2, "sb2": sb2}
+    q_range = getattr(_Moments(activation).module, "QUADRATURE_Q_MAX", None)
+    q_used = {0: r["q_star"], 2: 1.0, 3: Q_MAX}.get(status, 0.0)
+    if dps is not None:
+        r.update(_polish(activation, sw2, sb2, r, status, dps))
+    elif q_range is not None and q_used > q_range:
+        out["warning"] = (f"q = {q_used:.6g} is beyond the generated quadrature's stated range "
+                          f"(q <= {q_range:g}): float64 values may be off from the 4th digit; "
+                          "--dps D uses the mpmath moments")
     if status == 3:
-        linear = abs(r["chi_q"] - 1) <= CRITICAL_TOL
+        linear = abs(float(r["chi_q"]) - 1) <= CRITICAL_TOL
         reason = REASONS["linear" if linear else "exponential"].format(qmax=Q_MAX)
         out.update(q_star=None, reason=reason, c_star=None, chi_1=None, chi_c=None,
                    chi_q=r["chi_q"], xi_q=None, xi_c=None,
                    phase="semi-critical" if linear else None)
         if not linear:
             out["phase_reason"] = reason
+        if dps is not None:
+            out["dps"] = dps
         return out
-    if dps is not None and status == 0:
-        r.update(_polish(activation, sw2, sb2, r, dps))
     for key in ("q_star", "c_star", "chi_1", "chi_q", "chi_c", "xi_q", "xi_c"):
         out[key] = r[key]
     if status == 1:
         out["c_star_reason"] = REASONS["zero"]
-        out["chi_c"] = out["xi_c"] = None
+        out["c_star"] = out["chi_c"] = out["xi_c"] = None
     if status == 2:
         out["q_star"], out["xi_q"] = None, None
         out["reason"] = REASONS["identity"]
     for name in ("q", "c"):
         key = f"xi_{name}"
-        if out[key] is None:
-            if out.get(f"chi_{name}") is not None:
-                out[f"{key}_reason"] = (REASONS["diverges"].format(name=name) if status != 2
-                                        else REASONS["identity"])
-    out["phase"] = _phase(float(r["chi_1"]))
+        if out[key] is None and out.get(f"chi_{name}") is not None:
+            out[f"{key}_reason"] = (REASONS["diverges"].format(name=name) if status != 2
+                                    else REASONS["identity"])
+    out["phase"] = phase
     if dps is not None:
         out["dps"] = dps
     return out
 
 
-def _polish(activation: str, sw2: float, sb2: float, r: dict, dps: int) -> dict:
-    """mpmath findroot from the float roots; every number as a decimal string."""
+def _polish(activation: str, sw2: float, sb2: float, r: dict, status: int, dps: int) -> dict:
+    """The same numbers on the mpmath moments at dps digits, as decimal strings.
+
+    Roots: :func:`mpmath.findroot` (secant) from the float roots. Slopes where there is
+    no root are taken at the same points as :func:`scan` (q = 1 on the identity,
+    ``Q_MAX`` without a fixed point), and at ``q = 10^-(dps + 10)`` for the limit q* -> 0+.
+    """
     import mpmath
     from mpmath import mp
 
@@ -316,35 +329,43 @@ def _polish(activation: str, sw2: float, sb2: float, r: dict, dps: int) -> dict:
     m = mp_expectations(activation, dps + 5)
     fn = compiled("mpmath")
     with working_precision(dps + 5):
-        w, b = to_mpf(sw2), to_mpf(sb2)  # 0.05 is 1/20, as the rest of the mp path reads it
+        w, b = to_mpf(sw2), to_mpf(sb2)
 
         def excess(q):
             return fn["variance"](G_d=m.G_d(q), sw2=w, sb2=b) - q
 
-        q0 = mp.mpf(r["q_star"])
-        q = mpmath.findroot(excess, (q0 * (1 - mp.mpf(1e-9)), q0 * (1 + mp.mpf(1e-9))),
-                            solver="secant")
-        chi_q = fn["chi_q"](G_d_q=m.G_d_q(q), sw2=w, sb2=b)
-        chi_1 = fn["chi_1"](G_k=m.G_k(q, q, q), sw2=w, sb2=b, q_star=q)
-        if r["c_star"] < 1:
-            def corr_excess(c):
-                return fn["correlation"](G=m.G(q, q, c * q), sw2=w, sb2=b, q_star=q) - c
-
-            c0 = mp.mpf(r["c_star"])
-            c = mpmath.findroot(corr_excess, (c0 - mp.mpf(1e-9), c0 + mp.mpf(1e-9)),
+        if status == 0:
+            q0 = mp.mpf(r["q_star"])
+            q = mpmath.findroot(excess, (q0 * (1 - mp.mpf(1e-9)), q0 * (1 + mp.mpf(1e-9))),
                                 solver="secant")
         else:
-            c = mp.mpf(1)
-        chi_c = fn["chi_c"](G_k=m.G_k(q, q, c * q), sw2=w, sb2=b, q_star=q)
+            q = {1: mp.mpf(10) ** -(dps + 10), 2: mp.mpf(1), 3: to_mpf(Q_MAX)}[status]
+        values = {"chi_q": fn["chi_q"](G_d_q=m.G_d_q(q), sw2=w, sb2=b)}
+        if status != 3:
+            values["chi_1"] = fn["chi_1"](G_k=m.G_k(q, q, q), sw2=w, sb2=b, q_star=q)
+        if status in (0, 2):
+            if r["c_star"] < 1:
+                def corr_excess(c):
+                    return fn["correlation"](G=m.G(q, q, c * q), sw2=w, sb2=b, q_star=q) - c
+
+                c0 = mp.mpf(r["c_star"])
+                c = mpmath.findroot(corr_excess, (c0 - mp.mpf(1e-9), c0 + mp.mpf(1e-9)),
+                                    solver="secant")
+            else:
+                c = mp.mpf(1)
+            values["c_star"] = c
+            values["chi_c"] = fn["chi_c"](G_k=m.G_k(q, q, c * q), sw2=w, sb2=b, q_star=q)
+        values["q_star"] = q if status == 0 else (mp.mpf(0) if status == 1 else None)
 
         def xi(chi):
             return None if abs(chi - 1) <= CRITICAL_TOL else -1 / mp.log(chi)
 
-        values = {"q_star": q, "c_star": c, "chi_q": chi_q, "chi_1": chi_1, "chi_c": chi_c,
-                  "xi_q": xi(chi_q), "xi_c": xi(chi_c)}
-        text = {k: None if v is None else mp.nstr(v, dps, strip_zeros=False)
+        if status in (0, 1):
+            values["xi_q"] = xi(values["chi_q"])
+        if "chi_c" in values:
+            values["xi_c"] = xi(values["chi_c"])
+        return {k: None if v is None else mp.nstr(v, dps, strip_zeros=False)
                 for k, v in values.items()}
-    return text
 
 
 def format_text(result: dict) -> str:

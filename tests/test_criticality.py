@@ -221,3 +221,26 @@ def test_phase_diagram_figure(tmp_path):
     assert (tmp_path / "phase_diagram.png").stat().st_size > 10_000
     assert summary["relu"]["chaotic_points"] == 0 and summary["relu"]["no_fixed_point"] > 0
     assert summary["erf"]["chaotic_points"] > 0 and summary["erf"]["no_fixed_point"] == 0
+
+
+def test_dps_everywhere_and_the_q_zero_limit():
+    # q* = 0 (tanh, sb2 = 0, sw2 < 1): chi_q = chi_1 = sw2 phi'(0)^2 = sw2 in the limit
+    r = analyse("tanh", 0.8, 0.0, dps=25)
+    assert float(r["q_star"]) == 0 and r["c_star"] is None and r["c_star_reason"]
+    assert abs(mpmath.mpf(r["chi_1"]) - mpmath.mpf("0.8")) < mpmath.mpf("1e-20")
+    assert abs(mpmath.mpf(r["chi_q"]) - mpmath.mpf("0.8")) < mpmath.mpf("1e-20")
+    assert r["phase"] == "ordered"
+    # no fixed point and the identity map: strings too
+    assert analyse("relu", 2.5, 0.1, dps=20)["chi_q"].startswith("1.25000000000000000")
+    r = analyse("relu", 2.0, 0.0, dps=20)
+    assert r["q_star"] is None and r["chi_1"].startswith("1.0000000000000000000")
+
+
+def test_quadrature_range_warning():
+    import generated.tanh as module
+
+    q_max = module.QUADRATURE_Q_MAX
+    inside, outside = analyse("tanh", 1.5, 0.05), analyse("tanh", 10.0, 0.1)
+    assert "warning" not in inside
+    if q_max is not None and outside["q_star"] > q_max:
+        assert "beyond" in outside["warning"]
