@@ -150,8 +150,9 @@ class _Moments:
 def _safe_newton(f, lo, hi, atol=0.0):
     """Vectorised root of f on [lo, hi], f(lo) > 0 >= f(hi): Newton kept inside the bracket.
 
-    ``f(x)`` returns (value, slope). A Newton step that leaves the bracket, or does not
-    halve it, is replaced by bisection; the bracket shrinks every iteration.
+    ``f(x)`` returns (value, slope). The bracket is updated with the sign of every value;
+    a Newton step that leaves it is replaced by bisection. Stops when every step is below
+    ``STEP_TOL * (|x| + atol)`` (``atol`` for roots at or near 0, e.g. c* = 0).
     """
     x = 0.5 * (lo + hi)
     for _ in range(NEWTON_ITERATIONS):
