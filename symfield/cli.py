@@ -443,6 +443,18 @@ def _cmd_nlo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_criticality(args: argparse.Namespace) -> int:
+    from .activations import resolve
+    from .criticality import analyse, format_text
+
+    resolve(args.activation)  # names the activation in the error before any work
+    sw2 = check_real("sw2", args.sw2, minimum=0.0, what="a weight variance")
+    sb2 = check_real("sb2", args.sb2, minimum=0.0, what="a bias variance")
+    result = analyse(args.activation, sw2, sb2, dps=_dps(args))
+    print(json.dumps(_jsonable(result)) if args.json else format_text(result))
+    return 0
+
+
 def _cmd_figures(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -549,6 +561,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(K0="0.8")
     p.add_argument("--dps", default=None, help="evaluate on the mpmath path at this many digits")
     p.set_defaults(func=_cmd_nlo)
+
+    p = sub.add_parser("criticality", help="FFNet order to chaos: q*, c*, chi_1, depth scales")
+    p.add_argument("--activation", default="tanh",
+                   help="erf, relu, abs, linear, leaky_relu:ALPHA, tanh, gelu, silu, "
+                        "or expr:<SymPy expression in x>")
+    p.add_argument("--sw2", default="1.5", help="weight variance sigma_w^2 (>= 0)")
+    p.add_argument("--sb2", default="0.05", help="bias variance sigma_b^2 (>= 0)")
+    p.add_argument("--dps", default=None, help="polish on the mpmath path at this many digits")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_criticality)
 
     p = sub.add_parser("figures", help="optimal-rho figures as PNG (needs the plot extra)")
     p.add_argument("--out", default="figures", help="directory for the PNG files")

@@ -160,6 +160,58 @@ def hyperparameter_map(out: Path, activation: str = "erf", depth: int = 100,
     return summary
 
 
+#: Grid sizes of the phase diagram: quadrature families (tanh) cost ~2 ms per pair moment.
+PHASE_SIZES = {"erf": 200, "relu": 200, "tanh": 16}
+PHASE_SW2, PHASE_SB2 = (0.05, 4.0), (0.0, 0.5)
+
+
+def phase_diagram(out: Path, activations=("tanh", "erf", "relu"), sizes=None) -> dict:
+    """Order to chaos over (sw2, sb2): log10 xi_c as a heat map, the chi_1 = 1 line.
+
+    Everything comes from :func:`symfield.criticality.scan` (vectorised over the grid).
+    White: no fixed point q* (ReLU above sw2 = 2; on sw2 = 2, sb2 > 0 q grows linearly).
+    """
+    from .criticality import scan
+
+    plt = _pyplot()
+    sizes = {**PHASE_SIZES, **(sizes or {})}
+    fig, axes = plt.subplots(1, len(activations), figsize=(5.2 * len(activations), 4.6))
+    summary: dict[str, object] = {"file": "phase_diagram.png", "sw2_range": list(PHASE_SW2),
+                                  "sb2_range": list(PHASE_SB2)}
+    for ax, activation in zip(np.atleast_1d(axes), activations, strict=True):
+        n = sizes[activation]
+        sw2, sb2 = np.linspace(*PHASE_SW2, n), np.linspace(*PHASE_SB2, n)
+        grid_w, grid_b = np.meshgrid(sw2, sb2)
+        start = time.perf_counter()
+        s = scan(activation, grid_w, grid_b)
+        seconds = time.perf_counter() - start
+        with np.errstate(all="ignore"):
+            log_xi = np.log10(s["xi_c"])
+        mesh = ax.pcolormesh(sw2, sb2, log_xi, shading="auto", cmap="magma", vmin=0, vmax=3)
+        fig.colorbar(mesh, ax=ax, label="log10 xi_c")
+        if np.nanmin(s["chi_1"]) < 1 < np.nanmax(s["chi_1"]):
+            ax.contour(sw2, sb2, s["chi_1"], levels=[1.0], colors="cyan", linewidths=1.5)
+        none = s["status"] == 3
+        if none.any():  # edge of the region without a fixed point (ReLU: sw2 = 2)
+            edge = sw2[np.argmax(none, axis=1)]
+            rows = none.any(axis=1)
+            ax.plot(edge[rows], sb2[rows], color="cyan", lw=1.5, ls="--")
+        chaotic = int(np.sum(s["chi_1"] > 1))
+        summary[activation] = {"grid": [n, n], "seconds": seconds, "chaotic_points": chaotic,
+                               "no_fixed_point": int(none.sum()),
+                               "xi_c_max": float(np.nanmax(s["xi_c"]))}
+        ax.set(xlabel="sigma_w^2", ylabel="sigma_b^2",
+               title=f"{activation}: {n}x{n} grid in {seconds:.2f} s")
+    fig.suptitle("FFNet order to chaos: log10 xi_c (xi_c = -1/ln chi_c at c*); cyan: chi_1 = 1 "
+                 "(dashed: ReLU edge of no fixed point, sw2 = 2); white: no q* > 0 (no c*); "
+                 f"colours saturate at xi_c = 1e3; sw2 in [{PHASE_SW2[0]}, {PHASE_SW2[1]}], sb2 in "
+                 f"[{PHASE_SB2[0]}, {PHASE_SB2[1]}]", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "phase_diagram.png", dpi=110)
+    plt.close(fig)
+    return summary
+
+
 def rho_star_vs_depth(out: Path, activations=("erf", "relu", "tanh"),
                       depths=(10, 20, 50, 100, 200, 500)) -> dict:
     """rho* sqrt(L) against L at fixed (sw2, sb2) per activation (the 1/sqrt(L) law)."""
@@ -315,6 +367,8 @@ def make_figures(out: Path, progress: bool = True, quick: bool = False) -> dict:
         ("map_erf", lambda: hyperparameter_map(out, "erf", size=12 if quick else 50)),
         ("depth", lambda: rho_star_vs_depth(out, depths=(10, 50) if quick else
                                             (10, 20, 50, 100, 200, 500))),
+        ("phase_diagram", lambda: phase_diagram(
+            out, sizes={"erf": 40, "relu": 40, "tanh": 8} if quick else None)),
         ("fig2_montecarlo", lambda: montecarlo_vs_depth(out, quick=quick, progress=progress)),
     ]
     for name, step in steps:

@@ -657,6 +657,42 @@ def one_loop_section() -> Section:
     return Section("One loop: finite-width corrections", intro, tuple(eqs))
 
 
+def criticality_section() -> Section:
+    """The FFNet order-to-chaos maps and slopes (:func:`symfield.criticality.derive_maps`)."""
+    from ..criticality import CORR, QSTAR, derive_maps
+
+    maps = derive_maps()
+    line = r"\big(q^*, q^*, c\,q^*\big)"
+    names = {QSTAR.name: "q^*", CORR.name: "c", MOMENTS["G"].name: "G" + line,
+             MOMENTS["G_k"].name: r"\,\partial_{K_{ab}} G" + line,
+             MOMENTS["G_d"].name: r"G_d(q)", MOMENTS["G_d_q"].name: r"\,\partial_q G_d(q)"}
+    printer = SymfieldLatexPrinter(names)
+    at_one = SymfieldLatexPrinter({**names, MOMENTS["G_k"].name:
+                                   r"\,\partial_{K_{ab}} G\big(q^*, q^*, q^*\big)"})
+    eqs = (
+        equation(printer, "crit-variance", "V(q)", maps.variance,
+                 "Variance map: the FFNet diagonal of the layer map ($\\gamma = 0$, "
+                 "$\\beta = 1$); $q^* = V(q^*)$ is its attracting fixed point."),
+        equation(printer, "crit-chi-q", r"\chi_q", maps.chi_q,
+                 "Its slope, $\\partial V / \\partial q$, at $q = q^*$; "
+                 "$\\xi_q = -1/\\ln \\chi_q$."),
+        equation(printer, "crit-correlation", "M(c)", maps.correlation,
+                 "Correlation map: the off-diagonal of the layer map on the line "
+                 "$K_{aa} = K_{bb} = q^*$, $K_{ab} = c\\,q^*$, over $q^* = V(q^*)$; "
+                 "$c^* = M(c^*)$."),
+        equation(printer, "crit-chi-c", r"\chi_c", maps.chi_c,
+                 "Its slope $\\mathrm{d}M/\\mathrm{d}c$ (chain rule along the line), "
+                 "at $c = c^*$; $\\xi_c = -1/\\ln \\chi_c$."),
+        equation(at_one, "crit-chi-1", r"\chi_1", maps.chi_1,
+                 "The slope at $c = 1$: $\\chi_1 < 1$ ordered ($c^* = 1$ attracts), "
+                 "$\\chi_1 > 1$ chaotic ($c^* < 1$), $\\chi_1 = 1$ critical."),
+    )
+    return Section("Criticality of FFNets (order to chaos)",
+                   "Fixed points of the FFNet layer map and their stability, differentiated "
+                   "from the derived map; the moments are evaluated at the arguments shown.",
+                   eqs)
+
+
 # -- documents ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Document:
@@ -678,6 +714,7 @@ def document(families: Sequence[Family]) -> Document:
                         "Gaussian expectations of each family.", ())]
     sections += [family_section(routine) for routine in routines]
     sections.append(response_section(first))
+    sections.append(criticality_section())
     sections.append(one_loop_section())
     return Document(tuple(sections), assumptions)
 
