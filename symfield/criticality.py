@@ -179,6 +179,12 @@ def _last_down_crossing(values: np.ndarray) -> np.ndarray:
     return np.where(down.any(axis=-1), last, -1)
 
 
+def _q_top(mom) -> float:
+    """The largest variance the bracketing grid reaches: Q_MAX, or the top of the
+    generated quadrature's trusted range where that is lower."""
+    return min(Q_MAX, getattr(mom.module, "QUADRATURE_Q_MAX", None) or Q_MAX)
+
+
 def scan(activation, sw2, sb2) -> dict[str, np.ndarray]:
     """Fixed points and slopes for arrays of (sw2, sb2), in float64.
 
@@ -192,18 +198,27 @@ def scan(activation, sw2, sb2) -> dict[str, np.ndarray]:
     shape = sw2.shape
     w, b = sw2.reshape(-1, 1), sb2.reshape(-1, 1)
 
-    # variance map on the grid: the moments do not depend on (sw2, sb2)
-    Gd = mom.diag(Q_GRID)["G_d"]
-    F = fn["variance"](G_d=Gd, sw2=w, sb2=b) - Q_GRID
-    scale = Q_GRID + b
+    # variance map on the grid: the moments do not depend on (sw2, sb2). The grid stops
+    # at the top of the moments' trusted range (quadrature families): beyond it they are
+    # NaN, and a NaN must never read as "no crossing"
+    q_top = _q_top(mom)
+    grid = Q_GRID[Q_GRID <= q_top]
+    Gd = mom.diag(grid)["G_d"]
+    F = fn["variance"](G_d=Gd, sw2=w, sb2=b) - grid
+    if not np.all(np.isfinite(F)):
+        from .kernel import NumericalError
+
+        raise NumericalError(f"the variance map of {activation} is not finite on "
+                             f"0 <= q <= {q_top:g} (sw2, sb2 non-finite or out of range?)")
+    scale = grid + b
     identity = np.all(np.abs(F) <= 1e-12 * scale, axis=-1)
     i = _last_down_crossing(F)
     unbounded = (i < 0) & (F[:, -1] > 0) & ~identity
     zero = (i < 0) & ~unbounded & ~identity
     found = i >= 0
     w, b = w[:, 0], b[:, 0]
-    lo = Q_GRID[np.maximum(i, 0)]
-    hi = Q_GRID[np.maximum(i, 0) + 1]
+    lo = grid[np.maximum(i, 0)]
+    hi = grid[np.maximum(i, 0) + 1]
 
     q_star = np.full(w.shape, np.nan)
     if found.any():
@@ -216,7 +231,7 @@ def scan(activation, sw2, sb2) -> dict[str, np.ndarray]:
 
         q_star[found] = _safe_newton(excess, lo[found], hi[found])
     # where the slopes are taken: q*, its limit 0+, q = 1 (identity), Q_MAX (unbounded)
-    q_eval = np.select([found, zero, identity], [q_star, Q_ZERO, 1.0], Q_MAX)
+    q_eval = np.select([found, zero, identity], [q_star, Q_ZERO, 1.0], q_top)
     chi_q = fn["chi_q"](G_d_q=mom.diag(q_eval)["G_d_q"], sw2=w, sb2=b)
     at1 = mom.pair(q_eval, q_eval, q_eval)
     chi_1 = fn["chi_1"](G_k=at1["G_k"], sw2=w, sb2=b, q_star=q_eval)
@@ -275,19 +290,30 @@ def analyse(activation: str, sw2: float, sb2: float, dps: int | None = None) -> 
     r = {k: v.item() for k, v in scan(activation, sw2, sb2).items()}
     r = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
     status = r.pop("status")
+    if status == 3 and _q_top(_Moments(activation)) < Q_MAX:
+        from .kernel import NumericalError
+
+        raise NumericalError(
+            f"no fixed point of the variance map of {activation} up to q = "
+            f"{_q_top(_Moments(activation)):g}, the top of its quadrature's trusted range: "
+            "whether q grows without bound or settles beyond it is not decided here")
     phase = None if r["chi_1"] is None else _phase(r["chi_1"])
     out: dict = {"activation": activation, "sw2": sw2, "sb2": sb2}
     q_range = getattr(_Moments(activation).module, "QUADRATURE_Q_MAX", None)
-    q_used = {0: r["q_star"], 2: 1.0, 3: Q_MAX}.get(status, 0.0)
+    q_top = Q_MAX if dps is not None else _q_top(_Moments(activation))
+    q_used = {0: r["q_star"], 2: 1.0, 3: q_top}.get(status, 0.0)
     if dps is not None:
         r.update(_polish(activation, sw2, sb2, r, status, dps))
     elif q_range is not None and q_used > q_range:
-        out["warning"] = (f"q = {q_used:.6g} is beyond the generated quadrature's stated range "
-                          f"(q <= {q_range:g}): float64 values may be off from the 4th digit; "
-                          "--dps D uses the mpmath moments")
+        from .kernel import NumericalError
+
+        raise NumericalError(
+            f"q = {q_used:.6g} is beyond the generated quadrature's trusted range "
+            f"(q <= {q_range:g}) for {activation}: no float64 value is given there; "
+            "--dps D computes it with the mpmath moments")
     if status == 3:
         linear = abs(float(r["chi_q"]) - 1) <= CRITICAL_TOL
-        reason = REASONS["linear" if linear else "exponential"].format(qmax=Q_MAX)
+        reason = REASONS["linear" if linear else "exponential"].format(qmax=q_top)
         out.update(q_star=None, reason=reason, c_star=None, chi_1=None, chi_c=None,
                    chi_q=r["chi_q"], xi_q=None, xi_c=None,
                    phase="semi-critical" if linear else None)

@@ -236,11 +236,16 @@ def test_dps_everywhere_and_the_q_zero_limit():
     assert r["q_star"] is None and r["chi_1"].startswith("1.0000000000000000000")
 
 
-def test_quadrature_range_warning():
-    import generated.tanh as module
+def test_quadrature_range_is_never_read_as_a_verdict():
+    """Beyond the generated quadrature's trusted range the moments are NaN: the scan must
+    neither read that as "q* = 0" (it did: GELU sw2 = 5 gave q* = 0, a negative xi_q)
+    nor claim unbounded growth it cannot see; it refuses with the range named."""
+    from symfield.kernel import NumericalError
 
-    q_max = module.QUADRATURE_Q_MAX
-    inside, outside = analyse("tanh", 1.5, 0.05), analyse("tanh", 10.0, 0.1)
-    assert "warning" not in inside
-    if q_max is not None and outside["q_star"] > q_max:
-        assert "beyond" in outside["warning"]
+    assert analyse("tanh", 1.5, 0.05)["q_star"] == pytest.approx(0.418, abs=1e-3)
+    for activation, sw2 in (("gelu", 5.0), ("tanh", 1e6)):
+        with pytest.raises(NumericalError, match="trusted range"):
+            analyse(activation, sw2, 0.1)
+    # exact families bracket up to Q_MAX and do state unbounded growth
+    assert "without bound" in analyse("relu", 2.5, 0.1)["reason"]
+
