@@ -31,15 +31,28 @@ def test_build_is_byte_identical_across_hash_seeds(tmp_path):
 
 
 def test_check_reports_a_changed_file(tmp_path):
-    """build --check semantics: a stale file is reported as differing, nothing is written."""
-    target = tmp_path / "generated" / "erf.py"
-    target.parent.mkdir(parents=True)
-    target.write_text("# stale\n")
-    results = build.run(out=tmp_path, check=True, progress=False)
+    """build --check semantics on a small derivation tree: a stale file is reported as
+    differing, an absent one as missing, an equal one as unchanged; nothing is written.
+    (The real derivations are compared with the repository by the hash-seed test above
+    and by `symfield build --check` in CI.)"""
+    (tmp_path / "derivations").mkdir()
+    (tmp_path / "derivations" / "small.py").write_text(
+        "def outputs():\n"
+        "    return {'generated/a.py': 'A = 1\\n', 'generated/b.py': 'B = 2\\n',\n"
+        "            'docs/c.md': 'c\\n'}\n")
+    (tmp_path / "generated").mkdir()
+    (tmp_path / "generated" / "a.py").write_text("# stale\n")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "c.md").write_text("c\n")
+    results = build.run(root=tmp_path, check=True, progress=False)
     status = {r.path: r.status for r in results}
-    assert status["generated/erf.py"] == "differs"
-    assert status["generated/tanh.py"] == "missing"
-    assert target.read_text() == "# stale\n"
+    assert status == {"generated/a.py": "differs", "generated/b.py": "missing",
+                      "docs/c.md": "unchanged"}
+    assert (tmp_path / "generated" / "a.py").read_text() == "# stale\n"
+    assert not (tmp_path / "generated" / "b.py").exists()
+    written = build.run(root=tmp_path, progress=False)
+    assert {r.path: r.status for r in written}["generated/a.py"] == "written"
+    assert (tmp_path / "generated" / "b.py").read_text() == "B = 2\n"
 
 
 def test_generated_modules_import_only_numpy_and_scipy():
