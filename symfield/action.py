@@ -1,4 +1,4 @@
-"""The action S[C, Ct] of a deep network prior (THEORY.md section 2).
+"""The action S[C, Ct] of a deep network prior (docs/equations.md).
 
 Given the auxiliary kernel fields ``C^(l)`` the neurons are independent and
 each neuron's trajectory is a linear Gaussian process

@@ -1,4 +1,4 @@
-"""Continuum limit of the ResNet and the optimal residual scaling (THEORY.md section 5).
+"""Continuum limit of the ResNet and the optimal residual scaling (docs/equations.md).
 
 With ``t = rho^2 l`` fixed as ``rho -> 0``, the derived ResNet layer map
 (:func:`symfield.saddle.derive_layer_map`, ``gamma = 1``, ``beta = rho``)
@@ -502,7 +502,7 @@ def _problem(activation: str | Activation, sw2: float, sb2: float, K0: object,
 def continuum_optimum(activation: str | Activation, sw2: float, sb2: float, K0: object, *,
                       response: str = "diagonal", sw2_out: float = 1.0, dps: int = 30,
                       t_max: float = 32.0) -> ContinuumOptimum:
-    """The continuum optimum t* of chi_out(T) and the kernel there (THEORY.md section 5).
+    """The continuum optimum t* of chi_out(T) and the kernel there (docs/equations.md).
 
     ``K0`` is a number or a kernel matrix (diagonal: its [0][0] entry; off-diagonal:
     a 2 x 2 kernel). Numbers may be floats (read as their shortest decimal),

@@ -1,4 +1,4 @@
-"""One-loop (1/N) expansion of the action S[C, Ct] (THEORY.md section 6).
+"""One-loop (1/N) expansion of the action S[C, Ct] (docs/equations.md).
 
 Everything here is derived by SymPy from an action; nothing of section 6 is
 typed in.

@@ -1,4 +1,4 @@
-"""Finite-width (1/N) corrections of one network, P = 1 (THEORY.md section 6).
+"""Finite-width (1/N) corrections of one network, P = 1 (docs/equations.md).
 
 The fields of the action are laid out in causal order
 

@@ -1,4 +1,4 @@
-"""Monte Carlo of finite-width networks at initialization (THEORY.md sections 1-2).
+"""Monte Carlo of finite-width networks at initialization (docs/equations.md).
 
 The networks start from the input kernel: ``h^(0)_i ~ N(0, K0)`` i.i.d. over
 the ``N`` neurons, then ``L`` hidden layers (FFNet or ResNet) and the readout.
@@ -11,7 +11,7 @@ whose mean is the output kernel ``K_out = E[y_a y_b]``.
 Two samplers give the same distribution:
 
 * ``method="weights"`` draws the weight matrices ``W^(l)`` (``N x N``) and biases
-  and multiplies them out, literally as in THEORY.md section 1;
+  and multiplies them out, literally as in docs/equations.md;
 * ``method="kernel"`` (default) uses that ``W^(l)`` and ``b^(l)`` are fresh at
   every layer: given ``h^(l-1)``, the rows ``W_i phi(h^(l-1)) + b_i`` are i.i.d.
   Gaussian vectors over the ``P`` inputs with covariance exactly ``C^(l)``, so

@@ -130,7 +130,7 @@ def parse_kernel(text: str, name: str = "K0") -> np.ndarray:
 
 @dataclass(frozen=True)
 class NetworkSpec:
-    """A network prior: architecture, activation and variances (THEORY.md section 1).
+    """A network prior: architecture, activation and variances (docs/equations.md).
 
     ``rho`` is the residual scaling (ResNet only); ``activation`` is a name
     known to :mod:`symfield.activations` (e.g. ``erf``, ``relu``,

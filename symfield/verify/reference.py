@@ -21,7 +21,7 @@ map, no Jacobian, no tangent, no Price weight). The only inputs are
   - otherwise (steep phi at large variance): the same conditional form with
     Gauss-Legendre panels graded towards ``u_a = 0`` and ``u_b = 0`` and
     ``exp(-t^2/2)`` applied at every node.
-* the network recursion of THEORY.md sections 1 and 3, typed from the network's
+* the network recursion of docs/equations.md, typed from the network's
   definition: FFNet ``K^(l) = sb2 + sw2 G(K^(l-1))``, ResNet
   ``K^(l) = K^(l-1) + rho^2 (sb2 + sw2 G(K^(l-1)))``, readout
   ``K_out = sb2_out + sw2_out G(K^(L))``;
