@@ -1,4 +1,4 @@
-"""`symfield` command line (DESIGN.md, "Command-line contract").
+"""`symfield` command line: one JSON object with `--json` (README, "Commands").
 
 Bad input exits with status 2 and one line on stderr naming the parameter, the
 value and the allowed range; no traceback for user errors.

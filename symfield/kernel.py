@@ -12,6 +12,7 @@ import hashlib
 import importlib
 import importlib.util
 import os
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -39,14 +40,24 @@ def load_module(activation: Activation) -> ModuleType:
     from .pipeline import module_text  # deferred: SymPy derivation only when needed
 
     # the family name is a hash of the expression; the digest keys the code generator
-    path = cache_dir() / f"{family.name}_{_generator_digest()}.py"
+    return cached_module(f"{family.name}_{_generator_digest()}", lambda: module_text(family))
+
+
+def cached_module(stem: str, render: Callable[[], str]) -> ModuleType:
+    """Import ``cache_dir()/stem.py``, rendering it first (written atomically) if absent."""
+    path = cache_dir() / f"{stem}.py"
     if not path.exists():
-        text = module_text(family)
+        text = render()
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(text)
         tmp.replace(path)
-    spec = importlib.util.spec_from_file_location(f"symfield_user_{path.stem}", path)
+    return import_path(path, f"symfield_user_{stem}")
+
+
+def import_path(path: Path, name: str) -> ModuleType:
+    """Import a generated module from a file by path (generated code is never eval'd)."""
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

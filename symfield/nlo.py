@@ -34,8 +34,6 @@ inverse); memory is O(L^2).
 from __future__ import annotations
 
 import importlib
-import importlib.util
-import os
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -83,23 +81,15 @@ def load_nlo_module(activation: Activation) -> ModuleType:
     if name in BUILTIN:
         return importlib.import_module(f"generated.nlo_{name}")
     from .codegen.nlo import render_nlo_module
-    from .kernel import _generator_digest, cache_dir
+    from .kernel import _generator_digest, cached_module
     from .spec import DerivationSpec
 
-    path = cache_dir() / f"nlo_{name}_{_generator_digest()}.py"
-    if not path.exists():
+    def render() -> str:
         spec = DerivationSpec(activations=(name,), options=(("expansion", "one loop, P = 1"),))
-        text = render_nlo_module(activation.family, source="symfield (on demand)",
+        return render_nlo_module(activation.family, source="symfield (on demand)",
                                  spec_hash=spec.spec_hash())
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
-    module_spec = importlib.util.spec_from_file_location(f"symfield_nlo_{path.stem}", path)
-    assert module_spec is not None and module_spec.loader is not None
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module
+
+    return cached_module(f"nlo_{name}_{_generator_digest()}", render)
 
 
 

@@ -2,7 +2,7 @@
 
 Every user-facing number enters symfield through this module, so every bad
 value is caught here with an error that names the parameter, the value and
-the allowed range (DESIGN.md, "Errors").
+the allowed range (the CLI prints it as one line and exits with status 2).
 """
 
 from __future__ import annotations

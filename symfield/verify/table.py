@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import importlib.util
 import math
 import sys
 import tempfile
@@ -34,7 +33,7 @@ import mpmath
 import numpy as np
 
 from ..activations import BUILTIN, resolve
-from ..kernel import compute, load_module
+from ..kernel import compute, import_path, load_module
 from ..precision import mp_expectations, propagate_mp
 from ..spec import NetworkSpec
 from .reference import RESPONSE_FLOOR, NetworkReference, Referee
@@ -352,11 +351,7 @@ def _load_text(text: str, name: str) -> ModuleType:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{name}.py"
         path.write_text(text)
-        spec = importlib.util.spec_from_file_location(f"symfield_referee_{name}", path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return module
+        return import_path(path, f"symfield_referee_{name}")
 
 
 def _body(text: str) -> str:
