@@ -350,21 +350,7 @@ def _continuum_payload(activation: str, sw2: float, sb2: float, K0: np.ndarray,
     continuum: dict[str, object] = {}
     per_depth: dict[str, object] = {}
     gaps: dict[str, object] = {}
-    from .activations import derive, resolve
-
-    quadrature = derive(resolve(activation).family).kind == "quadrature"
     for label in named:
-        if quadrature and label == "offdiagonal":
-            # the coupled (K_aa, K_bb, K_ab) flow evaluates the mpmath pair quadrature
-            # hundreds of times (seconds each): measured > 5 minutes for tanh, so it is
-            # refused with the reason rather than left to run without a word
-            reason = ("the off-diagonal continuum of an activation without closed-form "
-                      "moments integrates the coupled flow over mpmath pair quadratures "
-                      "(minutes); not computed: the exact rho* above does not depend on it")
-            continuum[label] = {"sqrt_tstar": None, "K_star": None, "reason": reason}
-            per_depth[label] = [None] * len(depths)
-            gaps[label] = [None] * len(depths)
-            continue
         c = continuum_optimum(activation, sw2, sb2, K0, response=label, sw2_out=sw2_out,
                               **({"dps": dps} if dps is not None else {}))
         if c.sqrt_tstar is None:

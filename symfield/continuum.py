@@ -510,6 +510,15 @@ def continuum_optimum(activation: str | Activation, sw2: float, sb2: float, K0: 
     runs over q up to 10^4 max(1, q0)).
     """
     check_real("t_max", t_max, minimum=0.0, strict=True, what="the longest time searched")
+    act = resolve(activation) if isinstance(activation, str) else activation
+    if response != "diagonal" and derive(act.family).kind == "quadrature":
+        # the coupled (K_aa, K_bb, K_ab) flow evaluates the mpmath pair quadrature hundreds
+        # of times (seconds each): measured > 5 minutes for tanh, so it is refused with the
+        # reason rather than left to run without a word
+        return _no_optimum(response, (
+            "the off-diagonal continuum of an activation without closed-form moments "
+            "integrates the coupled flow over mpmath pair quadratures (minutes); not "
+            "computed: the exact rho* does not depend on it"))
     with mp.workdps(dps + 5):
         problem = _problem(activation, sw2, sb2, K0, response, sw2_out, dps + 5)
         if response == "diagonal":

@@ -253,3 +253,11 @@ def test_bad_variances():
         continuum_optimum("erf", 0.0, SB2_, Q0)
     with pytest.raises(SpecError):
         continuum_optimum("erf", SW2_, -1.0, Q0)
+
+
+def test_offdiagonal_continuum_of_a_quadrature_family_is_refused_with_a_reason():
+    """The coupled flow over mpmath pair quadratures ran for minutes without a word (tanh);
+    it is refused with the reason instead of hanging."""
+    result = continuum_optimum("tanh", SW2_, SB2_, [[0.05, 0.03], [0.03, 0.05]],
+                               response="offdiagonal", dps=15)
+    assert result.sqrt_tstar is None and "mpmath pair quadratures" in result.reason
